@@ -1,0 +1,316 @@
+"""The one decoding loop: propose -> verify -> accept -> commit, yielding a `Step` per round.
+
+A method (see `Method`) only proposes draft trees and learns from verified logits. Everything else lives
+here and is shared by every method and by the autoregressive baseline:
+
+- verify: the whole tree in ONE forward pass of the stock HF model, with explicit position ids
+  (root at the KV length, a node at KV length + depth) and a 4D additive attention mask derived from
+  the parent array (chains use the model's own causal mask);
+- accept: a pure rule from `labkit.accept` (greedy longest match, or recursive rejection sampling);
+- commit: keep only the accepted path in the KV cache (`Cache.crop` for chains, a gather then crop
+  for trees).
+
+The KV cache always holds every committed token except the last one, which is the next round's root.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import torch
+
+from . import accept as A
+from . import sampling as S
+from . import tree as T
+from .models import LM
+from .trace import BONUS_ARGMAX, BONUS_SAMPLED, Node, Step, Timing
+
+
+# ---- the method protocol ---------------------------------------------------------------------------
+
+@dataclass
+class Proposal:
+    """A draft tree. `q[i]` is the draft distribution node i was drawn from (None: point masses)."""
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    q: torch.Tensor | None = None
+    without_replacement: bool = False  # siblings drawn without replacement (RSD); affects the residual
+    draft_forwards: int = 0
+    state: dict = field(default_factory=dict)
+
+
+@dataclass
+class Verified:
+    """What the target said about a proposal; passed to `Method.observe` after acceptance."""
+
+    seq: list[int]  # committed tokens before this round, root last
+    proposal: Proposal
+    logits: torch.Tensor  # [n+1, V] raw target logits at the verify positions (root first)
+    path: list[int]
+    bonus: int
+
+
+class Method:
+    """Base class of every decoding method. Subclasses set the class attributes and override
+    `propose` (and usually `observe`). A method instance keeps its state across prompts until `reset()`."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    lossless: ClassVar[bool] = True
+    kind: ClassVar[str] = "speculative"  # speculative | baseline | strategy
+    Params: ClassVar[type] = None  # a dataclass of parameters with defaults
+
+    def __init__(self, lm: LM, params: Any = None):
+        self.lm = lm
+        self.params = params if params is not None else (self.Params() if self.Params else None)
+
+    def reset(self) -> None:
+        """Forget all state (e.g. a learned matrix)."""
+
+    def start(self, prompt: list[int], sampling: S.SamplingConfig) -> None:
+        """Called once per generation, before the first proposal."""
+
+    def propose(self, seq: list[int], sampling: S.SamplingConfig, generator: torch.Generator) -> Proposal:
+        return Proposal()
+
+    def observe(self, v: Verified) -> dict:
+        """Learn from the verified round; return what changed (goes into Step.state)."""
+        return {}
+
+    def describe(self) -> str:
+        return self.title or self.name
+
+
+# ---- the target side: KV cache and forwards --------------------------------------------------------
+
+def _sliding_window(config) -> int | None:
+    types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window and "sliding_attention" in types else None
+
+
+class Target:
+    """Owns the target model's KV cache for one generation."""
+
+    def __init__(self, lm: LM):
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.model = lm.model
+        self.cache = DynamicCache()
+        self.kv_len = 0
+        self.window = _sliding_window(lm.config)
+        self._keep_arg = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    def _forward(self, ids: list[int], positions: list[int], mask, keep_last: bool = False) -> torch.Tensor:
+        dev = self.lm.device
+        kwargs: dict[str, Any] = dict(
+            input_ids=torch.tensor([ids], device=dev),
+            position_ids=torch.tensor([positions], device=dev),
+            past_key_values=self.cache, use_cache=True)
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        if keep_last and self._keep_arg:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        return out.logits[0, -1:] if keep_last else out.logits[0]
+
+    @torch.inference_mode()
+    def prefill(self, prompt: list[int]) -> torch.Tensor:
+        logits = self._forward(prompt, list(range(len(prompt))), None, keep_last=True)
+        self.kv_len = len(prompt)
+        return logits[-1]
+
+    def mask(self, parents: Sequence[int]):
+        """The 4D mask for a tree (None for a chain: the model's causal mask is the tree mask)."""
+        if T.is_chain(parents):
+            return None
+        dev, dt = self.lm.device, self.lm.dtype
+        full = T.attention_mask(parents, self.kv_len, dtype=dt, device=dev)
+        if self.window is None:
+            return full
+        return {"full_attention": full,
+                "sliding_attention": T.attention_mask(parents, self.kv_len, dtype=dt, device=dev, window=self.window)}
+
+    @torch.inference_mode()
+    def verify(self, root: int, tokens: list[int], parents: list[int]) -> torch.Tensor:
+        """Logits [n+1, V] for root + nodes; the cache grows by n + 1 entries (undone by `commit`)."""
+        return self._forward([root] + list(tokens), T.position_ids(parents, self.kv_len), self.mask(parents))
+
+    @torch.inference_mode()
+    def commit(self, n_nodes: int, path: list[int]) -> None:
+        """Keep the root and the accepted path in the cache; drop the other n_nodes - len(path) entries."""
+        start = self.kv_len + 1  # first node slot
+        keep = [i for i in path]
+        if keep != list(range(len(keep))):  # not a prefix of the input: gather the path into place
+            src = torch.tensor([start + i for i in keep], device=self.lm.device)
+            for layer in self.cache.layers:
+                if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                    continue
+                layer.keys[..., start:start + len(keep), :] = layer.keys.index_select(-2, src)
+                layer.values[..., start:start + len(keep), :] = layer.values.index_select(-2, src)
+        drop = n_nodes - len(keep)
+        if drop:
+            self.cache.crop(-drop)
+        self.kv_len += 1 + len(keep)
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+
+class Detokenizer:
+    """Incremental detokenization: text deltas that never split a multi-byte character."""
+
+    def __init__(self, lm: LM, prompt_tail: list[int]):
+        self.lm = lm
+        self.ids = list(prompt_tail)
+        self.prefix = len(self.ids)  # tokens used only as context
+        self.read = len(self.ids)
+
+    def push(self, new: list[int]) -> str:
+        self.ids.extend(new)
+        before = self.lm.decode(self.ids[self.prefix:self.read])
+        after = self.lm.decode(self.ids[self.prefix:])
+        if after.endswith("\ufffd"):
+            return ""  # incomplete character: wait for more tokens
+        self.read = len(self.ids)
+        delta = after[len(before):]
+        if len(self.ids) - self.prefix > 16:  # keep the window short
+            self.prefix = max(self.prefix, self.read - 4)
+        return delta
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    max_new_tokens: int = 128
+    sampling: S.SamplingConfig = S.GREEDY
+    detail: bool = True  # per-node text, probabilities and reasons (off: ids and statuses only)
+
+
+def _stop_at(tokens: list[int], eos: frozenset[int], budget: int) -> tuple[list[int], str]:
+    out = []
+    for t in tokens:
+        if len(out) >= budget:
+            return out, "length"
+        out.append(t)
+        if t in eos:
+            return out, "eos"
+    return out, ("length" if len(out) >= budget else "")
+
+
+def check_request(lm: LM, prompt: list[int], max_new_tokens: int) -> None:
+    """Raise ValueError with one clear line for a request the model cannot serve."""
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    if len(prompt) + max_new_tokens > lm.max_length:
+        raise ValueError(f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+                         f"model's context of {lm.max_length} tokens")
+
+
+def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 128,
+           sampling: S.SamplingConfig = S.GREEDY, detail: bool = True,
+           should_stop: Callable[[], bool] | None = None) -> Iterator[Step]:
+    """Run `method` on `prompt` (token ids) and yield one Step per round.
+
+    The first Step is the prefill (it reads the prompt and picks the first token). Generation ends at an
+    EOS token, after `max_new_tokens`, or when `should_stop()` returns True (checked between rounds).
+    """
+    check_request(lm, prompt, max_new_tokens)
+    gen = torch.Generator(device=lm.device)
+    gen.manual_seed(sampling.seed)
+    eos = lm.eos_ids
+    target = Target(lm)
+    detok = Detokenizer(lm, prompt[-4:])
+    label = (lambda t: lm.token_texts([t])[0]) if detail else str
+    method.start(prompt, sampling)
+
+    # prefill
+    t0 = time.perf_counter()
+    logits = target.prefill(prompt)
+    t1 = time.perf_counter()
+    if sampling.greedy:
+        first, how = int(logits.argmax()), BONUS_ARGMAX
+    else:
+        first, how = A.sample(S.probs(logits, sampling), gen), BONUS_SAMPLED
+    seq = list(prompt) + [first]
+    n_new = 1
+    finished = "eos" if first in eos else ("length" if n_new >= max_new_tokens else "")
+    text = detok.push([first])
+    t2 = time.perf_counter()
+    yield Step(index=0, kind="prefill", root=prompt[-1], root_text=label(prompt[-1]) if detail else "",
+               nodes=(), accepted=(), tokens=(first,), text=text, bonus=first,
+               bonus_text=label(first) if detail else "", bonus_how=how, target_forwards=1, draft_forwards=0,
+               timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t2 - t0), kv_len=target.kv_len,
+               finished=finished)
+
+    index = 1
+    while not finished:
+        if should_stop is not None and should_stop():
+            return
+        t0 = time.perf_counter()
+        root = seq[-1]
+        prop = method.propose(seq, sampling, gen)
+        budget_nodes = max_new_tokens - n_new - 1  # never draft past the token budget
+        if len(prop.tokens) > budget_nodes:
+            prop = _truncate(prop, max(budget_nodes, 0))
+        t1 = time.perf_counter()
+        logits = target.verify(root, prop.tokens, prop.parents)
+        t2 = time.perf_counter()
+        if sampling.greedy:
+            argmax = logits.argmax(-1).tolist()
+            out = A.greedy_tree(prop.parents, prop.tokens, argmax, label)
+        else:
+            p = S.probs(logits, sampling)
+            out = A.rejection_tree(prop.parents, prop.tokens, p, prop.q, gen,
+                                   without_replacement=prop.without_replacement)
+        t3 = time.perf_counter()
+        target.commit(len(prop.tokens), out.path)
+        state = dict(prop.state)
+        state.update(method.observe(Verified(seq, prop, logits, out.path, out.bonus)))
+        new = [prop.tokens[i] for i in out.path] + [out.bonus]
+        kept, finished = _stop_at(new, eos, max_new_tokens - n_new)
+        seq.extend(kept)
+        n_new += len(kept)
+        text = detok.push(kept)
+        t4 = time.perf_counter()
+        nodes = _nodes(lm, prop, out, logits, sampling, detail)
+        t5 = time.perf_counter()
+        yield Step(index=index, kind="decode", root=root, root_text=label(root) if detail else "",
+                   nodes=nodes, accepted=tuple(out.path), tokens=tuple(kept), text=text, bonus=out.bonus,
+                   bonus_text=label(out.bonus) if detail else "", bonus_how=out.bonus_how,
+                   target_forwards=1, draft_forwards=prop.draft_forwards,
+                   timing=Timing(draft=t1 - t0, verify=t2 - t1, accept=t3 - t2, commit=t4 - t3, total=t5 - t0),
+                   kv_len=target.kv_len, finished=finished, state=state)
+        index += 1
+
+
+def _truncate(prop: Proposal, n: int) -> Proposal:
+    """Keep the first n nodes (parents precede children, so the result is still a tree)."""
+    q = prop.q[:n] if prop.q is not None else None
+    return dataclasses.replace(prop, tokens=prop.tokens[:n], parents=prop.parents[:n], q=q)
+
+
+def _nodes(lm: LM, prop: Proposal, out: A.Outcome, logits: torch.Tensor, sampling: S.SamplingConfig,
+           detail: bool) -> tuple[Node, ...]:
+    n = len(prop.tokens)
+    if n == 0:
+        return ()
+    depth = T.depths(prop.parents)
+    if not detail:
+        return tuple(Node(token=prop.tokens[i], parent=prop.parents[i], depth=depth[i],
+                          status=out.decisions[i].status) for i in range(n))
+    tok = torch.tensor(prop.tokens, device=logits.device)
+    rows = torch.tensor([p + 1 for p in prop.parents], device=logits.device)
+    p_x = S.probs(logits[rows], sampling).gather(-1, tok[:, None])[:, 0].tolist()
+    q_x = prop.q.gather(-1, tok[:, None].to(prop.q.device))[:, 0].tolist() if prop.q is not None else [None] * n
+    texts = lm.token_texts(prop.tokens)
+    return tuple(
+        Node(token=prop.tokens[i], parent=prop.parents[i], depth=depth[i], status=d.status, text=texts[i],
+             draft_prob=q_x[i], target_prob=p_x[i], accept_prob=d.accept_prob, draw=d.draw, reason=d.reason)
+        for i, d in enumerate(out.decisions))

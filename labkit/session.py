@@ -1,0 +1,132 @@
+"""A Session: one model, its method instances (whose state persists across prompts), and runs.
+
+    lab = Session()                                   # the embedded SmolLM2, loaded on first use
+    run = lab.run("token_recycling", "Tell me a story")
+    run.text, run.metrics, run.save("story.jsonl")
+    for step in lab.stream("prompt_lookup", "...", max_new_tokens=64): ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from . import __version__, engine, methods, metrics
+from . import sampling as S
+from .models import DEFAULT_MODEL, LM, load
+from .trace import Step, TraceWriter, save_trace
+
+
+@dataclass
+class Run:
+    config: dict
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for s in self.steps for t in s.tokens]
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.steps)
+
+    @property
+    def metrics(self) -> metrics.Metrics:
+        return metrics.compute(self.steps)
+
+    def save(self, path) -> None:
+        save_trace(path, self.config, self.steps)
+
+
+def sampling_config(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> S.SamplingConfig:
+    return S.SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
+
+
+class Session:
+    def __init__(self, model: str = DEFAULT_MODEL, *, dtype: str | None = None, device: str | None = None,
+                 lm: LM | None = None, trust_remote_code: bool = False):
+        self.model_name = lm.name if lm is not None else model
+        self._load_args = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        self._lm = lm
+        self._methods: dict[tuple, engine.Method] = {}
+
+    @property
+    def lm(self) -> LM:
+        if self._lm is None:
+            self._lm = load(self.model_name, **self._load_args)
+        return self._lm
+
+    def method(self, name: str, **params: Any) -> engine.Method:
+        """The session's instance of a method with these parameters (created once, state kept)."""
+        key = (name, tuple(sorted((k, str(v)) for k, v in params.items())))
+        if key not in self._methods:
+            self._methods[key] = methods.create(name, self.lm, params)
+        return self._methods[key]
+
+    def reset(self, name: str | None = None) -> None:
+        """Forget method state (e.g. the Token Recycling matrix): all methods, or those called `name`."""
+        for (n, _), m in self._methods.items():
+            if name is None or n == name:
+                m.reset()
+
+    def config(self, method: engine.Method, prompt: str, prompt_ids: list[int], max_new_tokens: int,
+               sampling: S.SamplingConfig, chat: bool) -> dict:
+        params = dataclasses.asdict(method.params) if method.params is not None else {}
+        return {"labkit": __version__, "model": self.model_name, "dtype": str(self.lm.dtype).replace("torch.", ""),
+                "device": str(self.lm.device), "method": method.name, "method_description": method.describe(),
+                "lossless": method.lossless, "params": params, "sampling": dataclasses.asdict(sampling),
+                "max_new_tokens": max_new_tokens, "chat": chat, "prompt": prompt, "prompt_ids": prompt_ids}
+
+    def prepare(self, method: str | engine.Method, prompt: str | list[int], *, max_new_tokens: int = 128,
+                sampling: S.SamplingConfig | None = None, chat: bool = True,
+                params: dict | None = None) -> tuple[engine.Method, list[int], dict]:
+        """Validate a request and resolve it to (method instance, prompt ids, run config)."""
+        m = self.method(method, **(params or {})) if isinstance(method, str) else method
+        sampling = sampling or S.GREEDY
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ValueError("the prompt is empty")
+            ids = self.lm.encode(prompt, chat=chat)
+        else:
+            ids = list(prompt)
+        engine.check_request(self.lm, ids, max_new_tokens)
+        cfg = self.config(m, prompt if isinstance(prompt, str) else "", ids, max_new_tokens, sampling, chat)
+        return m, ids, cfg
+
+    def stream(self, method: str | engine.Method, prompt: str | list[int], *, max_new_tokens: int = 128,
+               sampling: S.SamplingConfig | None = None, chat: bool = True, detail: bool = True,
+               trace: str | None = None, should_stop: Callable[[], bool] | None = None,
+               params: dict | None = None) -> Iterator[Step]:
+        """Steps as the model decodes (bad input raises here, before anything runs); with `trace=path`, the
+        steps are also written to a JSON-lines trace as they come."""
+        m, ids, cfg = self.prepare(method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, chat=chat,
+                                   params=params)
+        steps = engine.decode(self.lm, m, ids, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
+                              detail=detail, should_stop=should_stop)
+        return steps if trace is None else _tee(steps, trace, cfg)
+
+    def run(self, method: str | engine.Method, prompt: str | list[int], **kwargs) -> Run:
+        """Decode to the end and return the Run (config, steps, text, metrics)."""
+        trace = kwargs.pop("trace", None)
+        detail, should_stop = kwargs.pop("detail", True), kwargs.pop("should_stop", None)
+        m, ids, cfg = self.prepare(method, prompt, **kwargs)
+        steps = engine.decode(self.lm, m, ids, max_new_tokens=cfg["max_new_tokens"], sampling=cfg_sampling(cfg),
+                              detail=detail, should_stop=should_stop)
+        run = Run(config=cfg, steps=list(steps if trace is None else _tee(steps, trace, cfg)))
+        return run
+
+
+def cfg_sampling(cfg: dict) -> S.SamplingConfig:
+    return S.SamplingConfig(**cfg["sampling"])
+
+
+def _tee(steps: Iterator[Step], path, cfg: dict) -> Iterator[Step]:
+    with TraceWriter(path, cfg) as w:
+        for step in steps:
+            w.write(step)
+            yield step
+
+
+def config_json(cfg: dict) -> str:
+    return json.dumps(cfg, ensure_ascii=False)

@@ -1,0 +1,52 @@
+"""Tiny random-init models for tests and teaching: built from a config in well under a second.
+
+Weights use a large init scale so logits are peaked (no near-ties that would make exact greedy
+comparisons depend on float rounding), and a small vocabulary so random text repeats (drafts get accepted).
+"""
+from __future__ import annotations
+
+import torch
+
+from .models import LM
+
+ARCHS = ("llama", "qwen2", "gemma3")
+
+
+def tiny_tokenizer(vocab: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(vocab)}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", pad_token="w0")
+
+
+def tiny_config(arch: str = "llama", *, vocab: int = 32, layers: int = 2, hidden: int = 64,
+                sliding_window: int = 12):
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  initializer_range=0.3, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+                  pad_token_id=0)
+    if arch == "llama":
+        return AutoConfig.for_model("llama", **common)
+    if arch == "qwen2":
+        return AutoConfig.for_model("qwen2", **common)
+    if arch == "gemma3":
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+        return AutoConfig.for_model("gemma3_text", **common, head_dim=hidden // 4, sliding_window=sliding_window,
+                                    layer_types=types, query_pre_attn_scalar=hidden // 4)
+    raise ValueError(f"unknown tiny arch {arch!r}; use one of {ARCHS}")
+
+
+def tiny_lm(arch: str = "llama", *, seed: int = 0, **kw) -> LM:
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(arch, **kw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None
+    return LM(model=model, tokenizer=tiny_tokenizer(cfg.vocab_size), name=f"tiny-{arch}", source="random init")

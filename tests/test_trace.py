@@ -1,0 +1,78 @@
+import json
+
+import pytest
+
+from labkit import engine, methods
+from labkit.trace import (Node, Step, Timing, TraceError, TraceWriter, load_trace, parse_trace, save_trace)
+
+
+def run_steps(tiny, name="token_recycling"):
+    lm = tiny("llama")
+    m = methods.create(name, lm)
+    list(engine.decode(lm, m, [3, 4, 5, 3, 4, 5, 3], max_new_tokens=20))  # warm the method's state
+    return list(engine.decode(lm, m, [3, 4, 5, 3, 4, 5, 3], max_new_tokens=20))
+
+
+def test_roundtrip_exact(tiny, tmp_path):
+    steps = run_steps(tiny)
+    assert any(s.nodes for s in steps) and any(s.state for s in steps)
+    cfg = {"model": "tiny", "method": "token_recycling", "params": {"k": 8}, "sampling": {"seed": 0}}
+    path = tmp_path / "t.jsonl"
+    save_trace(path, cfg, steps)
+    tr = load_trace(path)
+    assert tr.config == cfg and not tr.truncated
+    assert tr.steps == steps
+    assert all(isinstance(s.nodes, tuple) and isinstance(s.timing, Timing) for s in tr.steps)
+
+
+def test_interrupted_write_leaves_readable_file(tiny, tmp_path):
+    steps = run_steps(tiny)
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, {"m": 1}) as w:
+        for s in steps[:3]:
+            w.write(s)
+    with open(path, "a") as f:  # simulate a crash in the middle of a line
+        f.write('{"type": "step", "index": 3, "kind": "dec')
+    tr = load_trace(path)
+    assert tr.truncated and tr.steps == steps[:3]
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("", "empty"),
+    ("hello world\n", "not JSON"),
+    ('{"a": 1}\n', "not a labkit trace"),
+    ('{"schema": "labkit.trace", "version": 99, "config": {}}\n', "version 99"),
+    ('{"schema": "labkit.trace", "version": 1, "config": {}}\n{"type": "alien"}\n', "line 2"),
+    ('{"schema": "labkit.trace", "version": 1, "config": {}}\n{"type": "step", "index": 0}\n', "line 2"),
+])
+def test_foreign_or_malformed_traces_raise_one_clear_error(text, msg):
+    with pytest.raises(TraceError, match=msg):
+        parse_trace(text)
+
+
+def test_binary_file_is_rejected(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(TraceError):
+        load_trace(p)
+
+
+def test_save_is_atomic(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text("old content")
+
+    def bad():
+        yield Step(0, "prefill", 1, "", (), (), (1,), "x", 1, "", "argmax", 1, 0, Timing(), 1)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        save_trace(p, {}, bad())
+    assert p.read_text() == "old content"
+    assert not (tmp_path / "t.jsonl.tmp").exists()
+
+
+def test_step_json_is_plain():
+    s = Step(1, "decode", 5, "a", (Node(7, -1, 1, "accepted", "b", 0.5, 0.25, 0.5, 0.1, "r"),), (0,), (7, 8), "bc", 8,
+             "c", "argmax", 1, 0, Timing(0.1, 0.2, 0.3, 0.4, 1.0), 10, "", {"x": [1, 2]})
+    line = json.loads(__import__("labkit.trace", fromlist=["event_to_json"]).event_to_json(s))
+    assert line["type"] == "step" and line["nodes"][0]["token"] == 7 and line["state"] == {"x": [1, 2]}
