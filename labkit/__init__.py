@@ -4,7 +4,7 @@ Heavy modules load on first use: `from labkit import Session` imports torch and 
 """
 __version__ = "0.1.0"
 
-__all__ = ["Session", "Run", "load", "methods"]
+__all__ = ["Session", "Run", "load"]
 
 
 def __getattr__(name):
@@ -14,7 +14,4 @@ def __getattr__(name):
     if name == "load":
         from .models import load
         return load
-    if name == "methods":
-        from . import methods
-        return methods
     raise AttributeError(f"module 'labkit' has no attribute {name!r}")
