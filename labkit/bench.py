@@ -97,11 +97,18 @@ def add_arguments(p) -> None:
     p.add_argument("--categories", default=",".join(CATEGORIES))
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--warmup", type=int, default=1, help="questions run first and not counted")
+    p.add_argument("--sparsity", default=None, metavar="POLICIES",
+                   help="benchmark KV-sparsity policies instead (comma-separated; see labkit.sparsity)")
 
 
 def main(args) -> int:
     from . import methods
     from .session import Session
+
+    if getattr(args, "sparsity", None):
+        from .sparsity import bench as sparsity_bench  # the KV-sparsity benchmark (issue 4)
+
+        return sparsity_bench.main(args)
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     for n in names:

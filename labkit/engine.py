@@ -82,6 +82,23 @@ class Method:
         """Learn from the verified round; return what changed (goes into Step.state)."""
         return {}
 
+    def accept(self, prop: Proposal, logits: torch.Tensor, sampling: S.SamplingConfig,
+               generator: torch.Generator, label: Callable[[int], str]) -> A.Outcome:
+        """The acceptance rule: greedy longest match, or recursive rejection sampling over siblings.
+        Methods with their own rule (SpecTr's k-sequential selection, lossy relaxed rules) override this."""
+        if sampling.greedy:
+            return A.greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
+        return A.rejection_tree(prop.parents, prop.tokens, S.probs(logits, sampling), prop.q, generator,
+                                without_replacement=prop.without_replacement)
+
+    # Non-speculative strategies (beam search, contrastive search, ...) that do not fit
+    # propose/verify/accept set `custom_loop = True` and implement `run`, yielding Steps themselves.
+    custom_loop: ClassVar[bool] = False
+
+    def run(self, prompt: list[int], *, max_new_tokens: int, sampling: S.SamplingConfig, detail: bool,
+            generator: torch.Generator, should_stop: Callable[[], bool] | None) -> Iterator[Step]:
+        raise NotImplementedError
+
     def describe(self) -> str:
         return self.title or self.name
 
@@ -224,6 +241,11 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     check_request(lm, prompt, max_new_tokens)
     gen = torch.Generator(device=lm.device)
     gen.manual_seed(sampling.seed)
+    if method.custom_loop:
+        method.start(prompt, sampling)
+        yield from method.run(prompt, max_new_tokens=max_new_tokens, sampling=sampling, detail=detail,
+                              generator=gen, should_stop=should_stop)
+        return
     eos = lm.eos_ids
     target = Target(lm)
     detok = Detokenizer(lm, prompt[-4:])
@@ -262,13 +284,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
         t1 = time.perf_counter()
         logits = target.verify(root, prop.tokens, prop.parents)
         t2 = time.perf_counter()
-        if sampling.greedy:
-            argmax = logits.argmax(-1).tolist()
-            out = A.greedy_tree(prop.parents, prop.tokens, argmax, label)
-        else:
-            p = S.probs(logits, sampling)
-            out = A.rejection_tree(prop.parents, prop.tokens, p, prop.q, gen,
-                                   without_replacement=prop.without_replacement)
+        out = method.accept(prop, logits, sampling, gen, label)
         t3 = time.perf_counter()
         target.commit(len(prop.tokens), out.path)
         state = dict(prop.state)
