@@ -69,6 +69,16 @@ class Method:
         self.lm = lm
         self.params = params if params is not None else (self.Params() if self.Params else None)
 
+    # Set by the engine before `start()`: the generation's `Target` (its KV cache holds every committed token
+    # but the root). Self-speculative methods (layer skipping, early exit) draft through it and must leave it
+    # exactly as they found it.
+    target: "Target | None" = None
+
+    @classmethod
+    def supports(cls, lm: LM) -> str | None:
+        """None if the method can run on this model, else a one-line reason (tests skip, the UI explains)."""
+        return None
+
     def reset(self) -> None:
         """Forget all state (e.g. a learned matrix)."""
 
@@ -241,7 +251,11 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     check_request(lm, prompt, max_new_tokens)
     gen = torch.Generator(device=lm.device)
     gen.manual_seed(sampling.seed)
+    reason = method.supports(lm)
+    if reason:
+        raise ValueError(f"{method.name} cannot run on {lm.name}: {reason}")
     if method.custom_loop:
+        method.target = None
         method.start(prompt, sampling)
         yield from method.run(prompt, max_new_tokens=max_new_tokens, sampling=sampling, detail=detail,
                               generator=gen, should_stop=should_stop)
@@ -250,6 +264,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     target = Target(lm)
     detok = Detokenizer(lm, prompt[-4:])
     label = (lambda t: lm.token_texts([t])[0]) if detail else str
+    method.target = target
     method.start(prompt, sampling)
 
     # prefill

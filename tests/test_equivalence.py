@@ -24,6 +24,12 @@ def prompt(seed, vocab=32):
     return head + head[:4] + [rng.randrange(1, vocab) for _ in range(3)]  # some repetition for n-gram drafts
 
 
+def skip_unsupported(name, lm):
+    reason = methods.REGISTRY[name].supports(lm)
+    if reason:
+        pytest.skip(f"{name} does not support {lm.name}: {reason}")
+
+
 def tokens_of(steps):
     return [t for s in steps for t in s.tokens]
 
@@ -32,6 +38,7 @@ def tokens_of(steps):
 @pytest.mark.parametrize("name", LOSSLESS)
 def test_greedy_equivalence(tiny, name, arch):
     lm = tiny(arch)
+    skip_unsupported(name, lm)
     m = methods.create(name, lm)
     accepted = 0
     for seed in range(3):  # state (e.g. a recycled matrix) carries over from prompt to prompt
@@ -127,6 +134,7 @@ def test_random_draft_accepts_almost_nothing(tiny):
 @pytest.mark.parametrize("name", LOSSLESS)
 def test_stops_at_eos_like_generate(tiny, name):
     lm = tiny("llama")
+    skip_unsupported(name, lm)
     ids = prompt(5)
     free = greedy_reference(lm, ids, N_NEW)
     eos = free[N_NEW // 2]  # a token that will come up mid-generation
