@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import __version__, engine, methods, metrics
 from . import sampling as S
@@ -115,6 +115,58 @@ class Session:
                               detail=detail, should_stop=should_stop)
         run = Run(config=cfg, steps=list(steps if trace is None else _tee(steps, trace, cfg)))
         return run
+
+    def compare(self, methods: "Sequence[str] | Mapping[str, str | tuple[str, dict]]", prompt: str | list[int],
+                **kwargs) -> dict[str, Run]:
+        """Run several methods on the same prompt (same sampling, same budget), one after the other, and return
+        {label: Run} for `views.side_by_side`. `methods` is a list of names, or {label: name} /
+        {label: (name, params)} to compare one method under different parameters. Method state persists as in
+        `run` (call `reset()` first for cold starts)."""
+        items = ({m: (m, None) for m in methods} if not isinstance(methods, Mapping) else
+                 {k: (v, None) if isinstance(v, str) else (v[0], v[1]) for k, v in methods.items()})
+        if not items:
+            raise ValueError("compare needs at least one method")
+        out: dict[str, Run] = {}
+        for label, (name, params) in items.items():
+            kw = dict(kwargs)
+            if params is not None:
+                kw["params"] = {**(kw.get("params") or {}), **params}
+            out[label] = self.run(name, prompt, **kw)
+        return out
+
+    def measure_latency(self, sizes: "Sequence[int]" = (1, 2, 4, 8, 16, 32, 64), *, repeats: int = 3,
+                        context: int = 128, shape: str = "chain") -> list[tuple[int, float]]:
+        """The device's latency curve: seconds for ONE verify forward over n tokens after a `context`-token
+        prefix, for each n in `sizes`, `repeats` times (after one warm-up forward). `shape` is "chain" (the
+        model's own causal mask) or "tree" (a binary tree: the 4D tree mask). Returns (n, seconds) pairs for
+        `views.latency_curve`; the cache is rolled back after every forward."""
+        import time
+
+        import torch
+
+        if shape not in ("chain", "tree"):
+            raise ValueError("shape must be 'chain' or 'tree'")
+        lm = self.lm
+        vocab = lm.model.get_output_embeddings().weight.shape[0]
+        g = torch.Generator().manual_seed(0)
+        prefix = torch.randint(0, vocab, (context,), generator=g).tolist()
+        target = engine.Target(lm)
+        target.prefill(prefix)
+        points: list[tuple[int, float]] = []
+        for i, n in enumerate([sizes[0]] + list(sizes)):
+            nodes = max(0, int(n) - 1)  # n tokens in the forward = the root + n - 1 drafted nodes
+            parents = list(range(-1, nodes - 1)) if shape == "chain" else [(j + 1) // 2 - 1 for j in range(nodes)]
+            tokens = torch.randint(0, vocab, (nodes,), generator=g).tolist()
+            for _ in range(repeats if i > 0 else 1):
+                t0 = time.perf_counter()
+                target.verify(prefix[-1], tokens, parents)
+                dt = time.perf_counter() - t0
+                target.cache.crop(-nodes - 1)
+                if i > 0:  # the first size is run once more as a warm-up, not recorded
+                    points.append((int(n), dt))
+        return points
+
+
 
 
 def cfg_sampling(cfg: dict) -> S.SamplingConfig:

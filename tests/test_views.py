@@ -1,0 +1,290 @@
+"""Views are tested on their data: the figures' traces and values, never on HTML."""
+import re
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import pytest
+
+from labkit import metrics, stream, tree, views
+from labkit.trace import ACCEPTED, NOT_REACHED, REJECTED, Node, Step, Timing
+
+
+def node(tok, parent, depth, status, text=None, **kw):
+    return Node(tok, parent, depth, status, text if text is not None else f" t{tok}", **kw)
+
+
+def mk(index, nodes, accepted, tokens, *, kind="decode", bonus_text=None, kv_len=20, state=None, total=1.0,
+       root=100, text=None):
+    tokens = tuple(tokens)
+    btext = bonus_text if bonus_text is not None else f" t{tokens[-1]}"
+    path_text = "".join(nodes[i].text for i in accepted)
+    return Step(index=index, kind=kind, root=root, root_text=" root", nodes=tuple(nodes), accepted=tuple(accepted),
+                tokens=tokens, text=text if text is not None else path_text + btext, bonus=tokens[-1],
+                bonus_text=btext, bonus_how="argmax", target_forwards=1, draft_forwards=0,
+                timing=Timing(draft=0.1 * total, verify=0.7 * total, accept=0.05 * total, commit=0.05 * total,
+                              total=total), kv_len=kv_len, state=state or {})
+
+
+# A tree: two children of the root (0 accepted, 1 rejected); 0 has children 2 (accepted) and 3 (not reached);
+# 2 has child 4 (rejected); 1 has child 5 (not reached). Path [0, 2], bonus 9.
+TREE = [node(1, -1, 1, ACCEPTED, reason="matches the target argmax", target_prob=0.6),
+        node(2, -1, 1, NOT_REACHED, reason="a sibling was accepted first"),
+        node(3, 0, 2, ACCEPTED, target_prob=0.5, draft_prob=0.4, accept_prob=1.0, draw=0.3),
+        node(4, 0, 2, NOT_REACHED),
+        node(5, 2, 3, REJECTED, reason="argmax was ' t9'"),
+        node(6, 1, 2, NOT_REACHED, reason="parent not accepted")]
+STEP = mk(3, TREE, [0, 2], [1, 3, 9], kv_len=43)
+
+
+def marker_traces(fig):
+    return [t for t in fig.data if t.type == "scatter" and t.mode and "markers" in t.mode]
+
+
+def test_draft_tree_one_marker_per_node_plus_root_and_bonus():
+    fig = views.draft_tree(STEP)
+    assert isinstance(fig, go.Figure)
+    markers = marker_traces(fig)
+    assert sum(len(t.x) for t in markers) == len(TREE) + 2
+    by_name = {t.name: t for t in markers}
+    acc = by_name[views.STATUS_LABELS[ACCEPTED]]
+    rej = by_name[views.STATUS_LABELS[REJECTED]]
+    nr = by_name[views.STATUS_LABELS[NOT_REACHED]]
+    assert sorted(acc.customdata) == [0, 2] and list(rej.customdata) == [4] and sorted(nr.customdata) == [1, 3, 5]
+    assert acc.marker.color == views.STATUS_COLORS[ACCEPTED] and rej.marker.color == views.STATUS_COLORS[REJECTED]
+    assert nr.marker.color == views.STATUS_COLORS[NOT_REACHED]
+    assert by_name[views.STATUS_LABELS["bonus"]].text == ("␣t9",)
+    # x = depth for every node
+    pos = views.tree_layout(STEP)
+    for t in (acc, rej, nr):
+        for x, i in zip(t.x, t.customdata):
+            assert x == TREE[i].depth and pos[i][0] == x
+    # hover has the probabilities and the draw
+    hov = acc.hovertext[list(acc.customdata).index(2)]
+    assert "q (draft prob) = 0.4000" in hov and "p (target prob) = 0.5000" in hov and "u = 0.3000" in hov
+
+
+def test_draft_tree_bold_accepted_path_root_to_bonus():
+    fig = views.draft_tree(STEP)
+    path = next(t for t in fig.data if t.name == "accepted path")
+    edges = next(t for t in fig.data if t.name == "edges")
+    assert path.line.width > edges.line.width
+    pos = views.tree_layout(STEP)
+    assert list(zip(path.x, path.y)) == [pos["root"], pos[0], pos[2], pos["bonus"]]
+    assert pos["bonus"][0] == 3  # one past the accepted depth
+    # thin edges: one segment per node
+    assert len([x for x in edges.x if x is None]) == len(TREE)
+
+
+def test_draft_tree_prefill_and_empty_rounds():
+    pre = mk(0, [], [], [7], kind="prefill")
+    fig = views.draft_tree(pre)
+    assert sum(len(t.x) for t in marker_traces(fig)) == 2  # root and the first token
+    fig = views.draft_tree(mk(1, [], [], [8]))
+    assert sum(len(t.x) for t in marker_traces(fig)) == 2
+    with pytest.raises(TypeError):
+        views.draft_tree("not a step")
+
+
+def test_tree_mask_equals_ancestor_mask_with_position_ids():
+    fig = views.tree_mask(STEP)
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    parents = [n.parent for n in TREE]
+    assert [list(r) for r in heat.z] == tree.ancestor_mask(parents).int().tolist()
+    start = STEP.kv_len - 1 - len(STEP.accepted)
+    assert fig.layout.meta["position_ids"] == tree.position_ids(parents, start)
+    ticks = fig.layout.xaxis2.ticktext
+    assert len(ticks) == len(TREE) + 1 and "root" in ticks[0] and f"@{start}" in ticks[0]
+    assert f"@{start + 3}" in ticks[5]  # node 4 sits at depth 3
+    # the tree is drawn next to it
+    assert sum(len(t.x) for t in marker_traces(fig)) == len(TREE) + 2
+
+
+def test_kv_compaction_keeps_root_and_path():
+    fig = views.kv_compaction(STEP)
+    assert fig.layout.meta["kept"] == [0, 1, 3] and fig.layout.meta["gathered"] is True
+    chain = mk(4, [node(1, -1, 1, ACCEPTED), node(2, 0, 2, REJECTED)], [0], [1, 5])
+    assert views.kv_compaction(chain).layout.meta["gathered"] is False
+
+
+def steps_run():
+    return [mk(0, [], [], [5], kind="prefill"),
+            mk(1, [node(1, -1, 1, ACCEPTED, " a"), node(2, 0, 2, ACCEPTED, " b"), node(3, 1, 3, REJECTED, " c")],
+               [0, 1], [1, 2, 9]),
+            mk(2, [node(1, -1, 1, REJECTED), node(2, -1, 1, REJECTED), node(4, 0, 2, NOT_REACHED)], [], [7]),
+            mk(3, [], [], [8], text="\nnew line", bonus_text="\nnew line"),
+            mk(4, [node(1, -1, 1, ACCEPTED, " d")], [0], [1, 6])]
+
+
+@dataclass
+class Frame:  # a foreign event type, e.g. a sparsity frame
+    layer: int = 0
+
+
+def test_acceptance_stats_values_equal_metrics_compute():
+    steps = steps_run()
+    m = metrics.compute(steps)
+    fig = views.acceptance_stats(steps + [Frame()])  # non-Step events are skipped
+    per_depth, hist, per_round, rolling, phases = fig.data
+    assert list(per_depth.x) == [d for d, _, _ in m.per_depth]
+    assert list(per_depth.y) == pytest.approx([r for _, r, _ in m.per_depth])
+    assert list(hist.y) == list(m.accept_hist)
+    assert list(per_round.y) == [3, 1, 1, 2]
+    assert list(phases.x)[:4] == ["draft", "verify", "accept", "commit"]
+    assert list(phases.y)[:4] == pytest.approx([dict(m.phase)[k] for k in views.PHASES])
+    assert fig.layout.meta["mean_accept_len"] == pytest.approx(m.mean_accept_len)
+    assert views.acceptance_stats([]).layout.meta["new_tokens"] == 0
+
+
+def test_acceptance_stats_marks_run_boundaries():
+    steps = steps_run() + steps_run()
+    fig = views.acceptance_stats(steps)
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == pytest.approx(4.5)
+    assert views.rolling_mean([1, 3, 5, 7], 2) == [1, 2, 4, 6]
+
+
+def test_token_stream_provenance_and_hover():
+    steps = steps_run()
+    fig = views.token_stream(steps)
+    bars = {t.name: t for t in fig.data if t.type == "bar"}
+    spans = stream.spans(steps)
+    draft = bars[views.PROVENANCE_LABELS[stream.DRAFT]]
+    bonus = bars[views.PROVENANCE_LABELS[stream.BONUS]]
+    assert [c[0] for c in draft.customdata] == [s.step for s in spans if s.provenance == stream.DRAFT] == [1, 1, 4]
+    assert len(bonus.x) >= sum(1 for s in spans if s.provenance == stream.BONUS)
+    assert draft.marker.color == views.PROVENANCE_COLORS[stream.DRAFT]
+    assert "from step 1" in draft.hovertext[0]
+    assert "mean acceptance length" in fig.layout.annotations[0].text  # the legend says how it is counted
+    assert fig.layout.meta["mean_accept_len"] == pytest.approx(metrics.compute(steps).mean_accept_len)
+    # newline inside a token starts a new line
+    assert max(max(t.y) for t in bars.values() if len(t.y)) >= 1
+    ar = views.token_stream(steps, autoregressive=True)
+    names = {t.name: len(t.x) for t in ar.data if t.type == "bar"}
+    assert names[views.PROVENANCE_LABELS[stream.BONUS]] == 0 and names[views.PROVENANCE_LABELS[stream.AUTOREGRESSIVE]] > 0
+
+
+def test_token_stream_html_spans_colours_titles_and_escaping():
+    steps = steps_run() + [mk(5, [], [], [11], bonus_text="<b>&", text="<b>&")]
+    out = views.token_stream_html(steps + [Frame()])
+    spans = stream.spans(steps)
+    assert out.count('<span class="lk-') == len(spans)
+    assert views.PROVENANCE_COLORS[stream.DRAFT] in out and 'title="accepted draft token · step 1' in out
+    assert "&lt;b&gt;&amp;" in out and "<b>&" not in out.replace("<b>" + f"{metrics.compute(steps).mean_accept_len:.2f}", "")
+    assert "mean acceptance length" in out and "http" not in out
+
+
+def test_side_by_side_identical_verdict_and_divergence():
+    a = steps_run()
+    b = [mk(0, [], [], [5], kind="prefill")] + [mk(i, [], [], [t]) for i, t in enumerate([1, 2, 9, 7, 8, 1, 6], 1)]
+    fig = views.side_by_side({"spec": a, "ar": b})
+    assert fig.layout.meta["identical"] is True and fig.layout.title.text.startswith("✓")
+    c = [mk(0, [], [], [5], kind="prefill")] + [mk(i, [], [], [t]) for i, t in enumerate([1, 2, 4, 7, 8, 1, 6], 1)]
+    fig = views.side_by_side({"spec": a, "ar": b, "other": c})
+    assert fig.layout.meta["identical"] is False
+    assert fig.layout.meta["first_divergence"] == {"spec": None, "ar": None, "other": 3}
+    assert "other at position 3" in fig.layout.title.text
+    # aligned by output position: one marker per token per method
+    strips = [t for t in fig.data if t.type == "scatter" and t.name in ("spec", "ar", "other") and t.mode == "markers"]
+    assert [len(t.x) for t in strips] == [8, 8, 8]
+    speed = next(t for t in fig.data if t.type == "bar")
+    assert list(speed.y) == pytest.approx([metrics.compute(s).tokens_per_s for s in (a, b, c)])
+    shorter = views.compare_outputs({"a": a, "b": a[:-1]})
+    assert shorter["identical"] is False and shorter["first_divergence"]["b"] == 6
+
+
+def tr_step():
+    nodes = [node(11, -1, 1, REJECTED, " x"), node(12, -1, 1, ACCEPTED, " y"), node(13, 1, 2, REJECTED, " z")]
+    state = {"template_nodes": 3, "drafted": 3, "rows_read": {"100": [11, 12, -1], "12": [13, 40, -1]},
+             "rows_updated": 4, "rows_changed": 2, "matrix_rows_known": 17}
+    return mk(5, nodes, [1], [12, 40], state=state)
+
+
+def test_method_state_token_recycling_rows():
+    s = tr_step()
+    fig = views.method_state(s)  # detected from the state's keys
+    assert fig.layout.meta["method"] == "token_recycling"
+    heat = fig.data[0]
+    assert fig.layout.meta["rows"] == [100, 12]  # the root's row first
+    # cell codes: rejected=3, accepted=4, unknown=0, bonus=5
+    assert [list(r) for r in heat.z] == [[3, 4, 0], [3, 5, 0]]
+    assert heat.text[0][1] == "␣y" and heat.text[1][1] == "␣t40"
+    named = views.method_state(s, "token_recycling", token_text=lambda t: f"<{t}>")
+    assert named.data[0].text[1][0] == "␣z"
+    s2 = mk(5, s.nodes, [1], [12, 41], state={**s.state, "rows_read": {"100": [11, 12, 77]}})
+    assert views.method_state(s2, token_text=lambda t: f"<{t}>").data[0].text[0][2] == "&lt;77&gt;"
+    assert views.method_state(s2).data[0].text[0][2] == "#77"
+    assert "17 rows known" in fig.layout.title.text
+
+
+def test_method_state_generic_fallback_and_registry():
+    s = mk(2, [], [], [3], state={"pool": [[1, 2], [3, 4]], "window": 4, "note": "n-gram pool"})
+    fig = views.method_state(s, "lookahead_like")
+    assert fig.layout.meta["method"] is None
+    table = next(t for t in fig.data if t.type == "table")
+    assert list(table.cells.values[0]) == ["window", "note"]
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    assert [list(r) for r in heat.z] == [[1, 2], [3, 4]]
+    called = []
+    views.register_state_view("toy", lambda step, token_text=None: called.append(step.index) or go.Figure())
+    try:
+        views.method_state(s, "toy")
+        assert called == [2]
+    finally:
+        views.STATE_VIEWS.pop("toy")
+    assert "token_recycling" in views.STATE_VIEWS
+
+
+def test_latency_curve_median_and_curves():
+    fig = views.latency_curve([(1, 0.010), (1, 0.012), (1, 0.011), (8, 0.02), (64, 0.08)])
+    line = next(t for t in fig.data if t.mode == "lines+markers")
+    assert list(line.x) == [1, 8, 64] and list(line.y) == pytest.approx([11, 20, 80])
+    assert list(line.customdata) == pytest.approx([1, 20 / 11, 80 / 11])
+    two = views.latency_curve({"chain": [(1, 0.01), (2, 0.01)], "tree": [(1, 0.01), (2, 0.02)]})
+    assert [t.name for t in two.data] == ["chain", "tree"]
+
+
+def test_rejection_demo_correct_rule_matches_p_buggy_rule_does_not():
+    p, q = views.TOY_P, views.TOY_Q
+    ok = views.simulate_rejection(p, q, 4000, seed=1)
+    bug = views.simulate_rejection(p, q, 4000, seed=1, rule="resample_p")
+    assert sum(ok) == sum(bug) == 4000
+    assert views.chi_square(ok, p)[1] > 1e-3
+    assert views.chi_square(bug, p)[1] < 1e-6
+    stat, pv = views.chi_square([50, 50], [0.5, 0.5])
+    assert stat == 0 and pv == pytest.approx(1.0)
+    fig = views.rejection_demo(n=2000)
+    assert [t.name.split(":")[0] for t in fig.data][:2] == ["p", "q"]
+
+
+def test_session_warmup_reads_rows_known():
+    run1 = [mk(0, [], [], [5], kind="prefill"), tr_step()]
+    fig = views.session_warmup([run1, run1])
+    assert fig.layout.meta["rows_known"] == [17, 17]
+    assert fig.layout.meta["mean_accept_len"] == pytest.approx([2.0, 2.0])
+
+
+def test_figures_render_offline():
+    html = views.to_html(views.draft_tree(STEP))
+    # plotly.js is inlined (megabytes), no script is loaded from the network
+    assert len(html) > 1_000_000 and not re.search(r"<script[^>]*src=[\"']?https?:", html)
+
+
+def test_views_on_a_real_run(tiny):
+    from labkit import Session
+
+    lab = Session(lm=tiny("llama"))
+    runs = lab.compare(["autoregressive", "token_recycling", "prompt_lookup"], [1, 2, 3, 1, 2, 3, 1, 2],
+                       max_new_tokens=24)
+    fig = views.side_by_side(runs)
+    assert fig.layout.meta["identical"] is True
+    tr = runs["token_recycling"]
+    for s in tr.steps:
+        views.draft_tree(s)
+        views.tree_mask(s)
+        views.method_state(s, "token_recycling")
+    views.acceptance_stats(tr.steps)
+    views.token_stream(tr.steps)
+    pts = lab.measure_latency((1, 4), repeats=2, context=16, shape="tree")
+    assert [n for n, _ in pts] == [1, 1, 4, 4] and all(s > 0 for _, s in pts)
+    labelled = lab.compare({"tr-2": ("token_recycling", {"nodes": 2}), "ar": "autoregressive"}, [1, 2, 3],
+                           max_new_tokens=6)
+    assert list(labelled) == ["tr-2", "ar"] and labelled["tr-2"].config["params"]["nodes"] == 2
