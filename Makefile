@@ -1,7 +1,7 @@
 # The two set-up commands of the README. Each installs what it needs first (idempotent, see scripts/install.sh).
 PYTHON ?= python3
 
-.PHONY: demo test install install-test bench
+.PHONY: demo test install install-test bench app load-check
 
 demo: install
 	$(PYTHON) -m labkit.cli demo
@@ -17,3 +17,11 @@ install-test:
 
 bench: install
 	$(PYTHON) -m labkit.cli bench --methods autoregressive,prompt_lookup,token_recycling --n 3
+
+# The Gradio app on the embedded SmolLM2: http://127.0.0.1:7860 (ARGS="--port 8080 --host 0.0.0.0 --models ...")
+app: install
+	$(PYTHON) app.py $(ARGS)
+
+# N simulated visitors at once through the Gradio client; all must get their own correct text
+load-check: install-test
+	$(PYTHON) scripts/load_check.py $(ARGS)

@@ -1,0 +1,427 @@
+"""labkit's Gradio app: watch fast decoding happen, live, side by side, step by step.
+
+    python app.py                                  # http://127.0.0.1:7860, the embedded SmolLM2
+    python app.py --port 8080 --host 0.0.0.0 --concurrency 2
+    python app.py --models smollm2-135m,/models/my-llama      # a private deployment's allow-list
+
+This file is layout only; the logic (validation, per-visitor state, shared models, streaming handlers) is in
+`labkit/app_handlers.py`. Nothing heavy happens at import: models load on the first request that needs them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from labkit import app_handlers as H  # noqa: E402
+from labkit.bench import CATEGORIES  # noqa: E402
+
+# System fonts only: the default themes load Google Fonts, and the app must work offline.
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
+CSS = """
+#lk-live-stream, .lk-col-stream { min-height: 6em; max-height: 28em; overflow-y: auto; padding: 6px 8px;
+  border: 1px solid var(--border-color-primary); border-radius: 6px; background: var(--background-fill-secondary); }
+.lk-status p { margin: 0; }
+#lk-trace-error p, #lk-live-status .lk-err { color: var(--error-text-color, #b91c1c); font-weight: 600; }
+"""
+
+DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
+EXAMPLES = [DEFAULT_PROMPT, "Write a short Python function that checks whether a number is prime.",
+            "List the planets of the solar system in order, one per line, with one fact each."]
+INTRO = ("# labkit: watch fast decoding happen\n"
+         "Instrumented speculative decoders on a real causal LM. Every round the method drafts a tree of tokens, "
+         "the target verifies the whole tree in one forward pass, and the accepted path plus one bonus token are "
+         "committed. **Coloured text** = draft tokens the target accepted; plain = the target's own tokens.")
+
+
+def _v(x):
+    """A handler field -> a component value (UNCHANGED leaves the component as it is)."""
+    return gr.skip() if x is H.UNCHANGED else x
+
+
+def _status(u) -> str:
+    if u.error:
+        return f"⚠ **{u.error}**"
+    return u.status
+
+
+def _param_component(method: str, p: dict):
+    label = f"{p['name']}"
+    info = p["help"] or None
+    lo, hi, default = p["lo"], p["hi"], p["default"]
+    elem_id = f"lk-param-{method}-{p['name']}"
+    if p["choices"] is not None:
+        return gr.Dropdown(choices=list(p["choices"]), value=default, label=label, info=info, elem_id=elem_id)
+    if p["type"] == "bool":
+        return gr.Checkbox(value=bool(default), label=label, info=info, elem_id=elem_id)
+    if p["type"] in ("int", "float"):
+        if lo is not None and hi is not None and (p["type"] == "float" or hi - lo <= 4096):
+            step = 1 if p["type"] == "int" else (hi - lo) / 100
+            return gr.Slider(lo, hi, value=default, step=step, label=label, info=info, elem_id=elem_id)
+        rng = f" (≥ {lo})" if lo is not None else (f" (≤ {hi})" if hi is not None else "")
+        return gr.Number(value=default, label=label + rng, info=info, precision=0 if p["type"] == "int" else None,
+                         elem_id=elem_id)
+    return gr.Textbox(value="" if default is None else str(default), label=label, info=info, elem_id=elem_id)
+
+
+def _param_forms(prefix: str, layout, visible: set[str]):
+    """One group of parameter inputs per registered method (generated from methods.info, so new methods appear
+    automatically). Returns (flat list of components, {method: group})."""
+    comps, groups = [], {}
+    by_method: dict[str, list[dict]] = {}
+    for m, p in layout:
+        by_method.setdefault(m, []).append(p)
+    for m, ps in by_method.items():
+        with gr.Group(visible=m in visible) as g:
+            if prefix == "compare":
+                gr.Markdown(f"**{m}**")
+            for p in ps:
+                comps.append(_param_component(m, p))
+        groups[m] = g
+    return comps, groups
+
+
+def _sampling_controls(prefix: str):
+    mode = gr.Radio(list(H.MODES), value="greedy", label="Decoding", elem_id=f"lk-{prefix}-mode",
+                    info="greedy: outputs must be token-identical for lossless methods")
+    with gr.Row(visible=False) as row:
+        temperature = gr.Slider(0.05, 2.0, value=0.8, step=0.05, label="temperature")
+        top_k = gr.Number(value=0, precision=0, label="top_k (0 = off)")
+        top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="top_p")
+    seed = gr.Number(value=0, precision=0, label="seed", visible=False)
+    chat = gr.Checkbox(value=True, label="chat template", info="wrap the prompt as a user turn when the model has one")
+    mode.change(lambda m: (gr.update(visible=m == "sampling"), gr.update(visible=m == "sampling")), mode, [row, seed],
+                queue=False, show_progress="hidden", api_visibility="private")
+    return mode, temperature, top_k, top_p, seed, chat
+
+
+def build(app: H.App) -> gr.Blocks:
+    cfg = app.config
+    names = H.method_names()
+    labels = [(H.method_label(n), n) for n in names]
+    default_method = "token_recycling" if "token_recycling" in names else names[0]
+    layout = H.param_layout()
+    keys = [(m, p["name"]) for m, p in layout]
+    compare_default = [n for n in ("prompt_lookup", "token_recycling") if n in names] or names[:2]
+    models_choices = list(cfg.models)
+    light = dict(concurrency_limit=None, show_progress="hidden")
+    heavy = dict(concurrency_id="model", concurrency_limit=cfg.concurrency)
+
+    with gr.Blocks(title="labkit: watch fast decoding happen", analytics_enabled=False) as demo:
+        state = gr.State(H.Visitor)
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            # ---------------------------------------------------------------- Live
+            with gr.Tab("Live", id="live"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=320):
+                        prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=3, max_lines=12,
+                                            elem_id="lk-live-prompt")
+                        with gr.Row():
+                            run = gr.Button("Generate", variant="primary", elem_id="lk-live-run")
+                            stop = gr.Button("Stop", variant="stop", elem_id="lk-live-stop")
+                        model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)",
+                                            elem_id="lk-live-model")
+                        method = gr.Dropdown(labels, value=default_method, label="Method", elem_id="lk-live-method")
+                        card = gr.Markdown(H.method_card(default_method), elem_id="lk-live-card")
+                        with gr.Accordion("Method parameters", open=True):
+                            live_params, live_groups = _param_forms("live", layout, {default_method})
+                        max_new = gr.Slider(1, cfg.max_new_tokens, value=cfg.default_new_tokens, step=1,
+                                            label="Max new tokens", elem_id="lk-live-max-new")
+                        mode, temperature, top_k, top_p, seed, chat = _sampling_controls("live")
+                        gr.Examples(EXAMPLES, [prompt], label="Example prompts")
+                    with gr.Column(scale=3, min_width=420):
+                        status = gr.Markdown("Ready. Generation streams here; the model loads on the first run.",
+                                             elem_id="lk-live-status", elem_classes="lk-status")
+                        live_metrics = gr.Markdown(elem_id="lk-live-metrics")
+                        stream = gr.HTML(elem_id="lk-live-stream", label="Token stream")
+                        tree = gr.Plot(label="Draft tree of the current step", elem_id="lk-live-tree")
+                        stats = gr.Plot(label="Acceptance", elem_id="lk-live-stats")
+                        with gr.Accordion("Plain text", open=False):
+                            text = gr.Textbox(show_label=False, lines=6, elem_id="lk-live-text")
+
+            # ---------------------------------------------------------------- Compare
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=320):
+                        c_prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=3, max_lines=12,
+                                              elem_id="lk-compare-prompt")
+                        with gr.Row():
+                            c_run = gr.Button("Compare", variant="primary", elem_id="lk-compare-run")
+                            c_stop = gr.Button("Stop", variant="stop", elem_id="lk-compare-stop")
+                        c_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
+                        c_methods = gr.CheckboxGroup(labels, value=compare_default, elem_id="lk-compare-methods",
+                                                     label=f"Methods (2 to {H.MAX_COMPARE}; the autoregressive "
+                                                           "baseline always runs)")
+                        with gr.Accordion("Parameters of the picked methods", open=False):
+                            c_params, c_groups = _param_forms("compare", layout, set(compare_default))
+                        c_max_new = gr.Slider(1, cfg.max_new_tokens, value=min(48, cfg.max_new_tokens), step=1,
+                                              label="Max new tokens", elem_id="lk-compare-max-new")
+                        c_mode, c_temp, c_topk, c_topp, c_seed, c_chat = _sampling_controls("compare")
+                    with gr.Column(scale=3, min_width=420):
+                        c_status = gr.Markdown("Pick methods and press Compare.", elem_id="lk-compare-status",
+                                               elem_classes="lk-status")
+                        c_verdict = gr.Markdown(elem_id="lk-compare-verdict")
+                        c_plot = gr.Plot(label="Side by side", elem_id="lk-compare-plot")
+                c_cols, c_titles, c_streams, c_metrics = [], [], [], []
+                with gr.Row(equal_height=False):
+                    for i in range(H.COMPARE_COLUMNS):
+                        with gr.Column(visible=False, min_width=220) as col:
+                            c_titles.append(gr.Markdown(elem_id=f"lk-compare-title-{i}"))
+                            c_metrics.append(gr.Markdown(elem_id=f"lk-compare-metrics-{i}"))
+                            c_streams.append(gr.HTML(elem_id=f"lk-compare-stream-{i}", elem_classes="lk-col-stream"))
+                        c_cols.append(col)
+
+            # ---------------------------------------------------------------- Trace explorer
+            with gr.Tab("Trace explorer", id="trace") as trace_tab:
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        x_runs = gr.Dropdown([], label="Run (this session's runs and uploads)", elem_id="lk-trace-run",
+                                             interactive=True)
+                        x_msg = gr.Markdown("No runs yet: generate in Live or Compare, or upload a trace (.jsonl).",
+                                            elem_id="lk-trace-msg")
+                        x_err = gr.Markdown(elem_id="lk-trace-error")
+                    with gr.Column(scale=2):
+                        x_upload = gr.File(label="Upload a trace (JSON lines from `labkit run --trace`)",
+                                           type="filepath", elem_id="lk-trace-upload", height=120)
+                        x_download = gr.DownloadButton("Download this trace (.jsonl)", value=None,
+                                                       elem_id="lk-trace-download")
+                x_step = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id="lk-trace-step")
+                x_summary = gr.Markdown(elem_id="lk-trace-summary")
+                x_tree = gr.Plot(label="Draft tree and decisions", elem_id="lk-trace-tree")
+                x_table = gr.Dataframe(headers=H.DECISION_HEADERS, label="Decisions (one row per draft node)",
+                                       wrap=True, interactive=False, elem_id="lk-trace-decisions")
+                x_mask = gr.Plot(label="Tree attention mask of the verify pass", elem_id="lk-trace-mask")
+                x_state_plot = gr.Plot(label="Method state", elem_id="lk-trace-state-plot")
+                with gr.Accordion("Step.state as JSON (what the method's state did this round)", open=False):
+                    x_state = gr.JSON(show_label=False)
+
+            # ---------------------------------------------------------------- Sparsity
+            with gr.Tab("Sparsity", id="sparsity"):
+                policies = app.sparsity_policies()
+                if not policies:
+                    gr.Markdown(f"⚠ {H.SPARSITY_MISSING}.", elem_id="lk-sparsity-missing")
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=320):
+                        s_prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=3)
+                        with gr.Row():
+                            s_run = gr.Button("Run", variant="primary", elem_id="lk-sparsity-run")
+                            s_stop = gr.Button("Stop", variant="stop")
+                        s_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
+                        s_policy = gr.Dropdown(policies, value=policies[0] if policies else None, label="KV policy")
+                        s_budget = gr.Slider(8, 1024, value=128, step=8, label="KV budget (tokens kept)")
+                        s_max_new = gr.Slider(1, cfg.max_new_tokens, value=min(48, cfg.max_new_tokens), step=1,
+                                              label="Max new tokens")
+                    with gr.Column(scale=3, min_width=420):
+                        s_status = gr.Markdown(elem_id="lk-sparsity-status", elem_classes="lk-status")
+                        s_metrics = gr.Markdown()
+                        s_stream = gr.HTML()
+                        s_heat = gr.Plot(label="Attention / KV heatmap")
+                        s_timeline = gr.Plot(label="Residency timeline")
+
+            # ---------------------------------------------------------------- Bench
+            with gr.Tab("Bench", id="bench"):
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=320):
+                        b_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
+                        b_methods = gr.CheckboxGroup([x for x in labels if x[1] != H.BASELINE], value=compare_default,
+                                                     label="Methods (the autoregressive baseline always runs)")
+                        b_cats = gr.CheckboxGroup(list(CATEGORIES), value=["mt_bench", "summarization", "qa"],
+                                                  label="Spec-Bench categories")
+                        b_n = gr.Slider(1, cfg.bench_max_per_category, value=1, step=1, label="Questions per category")
+                        b_max_new = gr.Slider(8, cfg.bench_max_new_tokens, value=min(48, cfg.bench_max_new_tokens),
+                                              step=8, label="Max new tokens per answer", elem_id="lk-bench-max-new")
+                        with gr.Row():
+                            b_run = gr.Button("Run benchmark", variant="primary", elem_id="lk-bench-run")
+                            b_stop = gr.Button("Stop", variant="stop")
+                    with gr.Column(scale=3, min_width=420):
+                        b_status = gr.Markdown("Greedy, interleaved question by question; speedups are ratios "
+                                               "measured in this run.", elem_classes="lk-status",
+                                               elem_id="lk-bench-status")
+                        b_table = gr.Dataframe(headers=H.BENCH_HEADERS, label="Results", interactive=False,
+                                               elem_id="lk-bench-table")
+                        with gr.Row():
+                            b_speed = gr.Plot(label="Speedup per category")
+                            b_accept = gr.Plot(label="Mean acceptance length per category")
+
+        # ======================================================================== events
+        def arm(visitor):
+            visitor.arm()
+            return visitor
+
+        def request_stop(visitor):
+            if visitor.request_stop():
+                gr.Info("stopping after the current step…")
+
+        # -- Live
+        def on_method(name):
+            return [gr.update(visible=m == name) for m in live_groups] + [H.method_card(name)]
+
+        method.change(on_method, method, list(live_groups.values()) + [card], queue=False, show_progress="hidden", api_visibility="private")
+
+        def live_fn(visitor, model, method, prompt, max_new, mode, temperature, top_k, top_p, seed, chat, *pvals):
+            params = H.collect_params(pvals, keys).get(method, {})
+            for u in app.live(visitor, model, method, prompt, max_new, mode, temperature, top_k, top_p, seed, params,
+                              chat):
+                if u.error:
+                    gr.Warning(u.error)
+                yield visitor, _status(u), _v(u.metrics), _v(u.html), _v(u.tree), _v(u.stats), _v(u.text)
+
+        live_inputs = [state, model, method, prompt, max_new, mode, temperature, top_k, top_p, seed, chat, *live_params]
+        live_outputs = [state, status, live_metrics, stream, tree, stats, text]
+        explorer_outputs = [x_runs, x_step, x_msg, x_err, x_summary, x_tree, x_mask, x_table, x_state_plot, x_state,
+                            x_download]
+
+        def explorer_fn(visitor, key=None, index=None):
+            return _explorer_values(app.explorer(visitor, key, index))
+
+        live_ev = run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+            live_fn, live_inputs, live_outputs, api_name="live", show_progress_on=[status], **heavy)
+        live_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
+        stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
+
+        # -- Compare
+        c_groups_with_params = {m: g for m, g in c_groups.items()}
+
+        def on_compare_methods(selected):
+            return [gr.update(visible=m in (selected or [])) for m in c_groups_with_params]
+
+        c_methods.change(on_compare_methods, c_methods, list(c_groups_with_params.values()), queue=False,
+                         show_progress="hidden", api_visibility="private")
+
+        def compare_fn(visitor, model, picked, prompt, max_new, mode, temperature, top_k, top_p, seed, chat, *pvals):
+            by_method = H.collect_params(pvals, keys)
+            for u in app.compare(visitor, model, picked, prompt, max_new, mode, temperature, top_k, top_p, seed,
+                                 by_method, chat):
+                if u.error:
+                    gr.Warning(u.error)
+                if u.columns is H.UNCHANGED:
+                    cols = [gr.skip()] * (4 * H.COMPARE_COLUMNS)
+                else:
+                    cols = []
+                    for c in u.columns:
+                        cols.append(gr.update(visible=c is not None))
+                    for c in u.columns:
+                        cols += ([c.title, c.metrics, c.html] if c is not None else ["", "", ""])
+                yield (visitor, _status(u), _v(u.verdict), _v(u.plot), *cols)
+
+        compare_inputs = [state, c_model, c_methods, c_prompt, c_max_new, c_mode, c_temp, c_topk, c_topp, c_seed,
+                          c_chat, *c_params]
+        col_outputs = list(c_cols)
+        for i in range(H.COMPARE_COLUMNS):
+            col_outputs += [c_titles[i], c_metrics[i], c_streams[i]]
+        compare_ev = c_run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+            compare_fn, compare_inputs, [state, c_status, c_verdict, c_plot, *col_outputs], api_name="compare",
+            show_progress_on=[c_status], **heavy)
+        compare_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
+        c_stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
+
+        # -- Trace explorer
+        trace_tab.select(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
+        x_runs.input(lambda v, k: explorer_fn(v, k, None), [state, x_runs], explorer_outputs,
+                     api_visibility="private", **light)
+        x_step.input(lambda v, k, i: explorer_fn(v, k, i), [state, x_runs, x_step], explorer_outputs,
+                     api_visibility="private", trigger_mode="always_last", **light)
+
+        def upload_fn(visitor, path):
+            up = app.upload(visitor, path)
+            if up.error:
+                gr.Warning(up.error)
+            return _explorer_values(up) + [None]
+
+        x_upload.upload(upload_fn, [state, x_upload], explorer_outputs + [x_upload], api_name="upload_trace", **light)
+
+        # -- Sparsity
+        def sparsity_fn(visitor, model, policy, budget, prompt, max_new):
+            for u in app.sparsity(visitor, model, policy, budget, prompt, max_new):
+                if u.error:
+                    gr.Warning(u.error)
+                yield visitor, _status(u), _v(u.metrics), _v(u.html), _v(u.heatmap), _v(u.timeline)
+
+        s_run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+            sparsity_fn, [state, s_model, s_policy, s_budget, s_prompt, s_max_new],
+            [state, s_status, s_metrics, s_stream, s_heat, s_timeline], api_name="sparsity",
+            show_progress_on=[s_status], **heavy)
+        s_stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
+
+        # -- Bench
+        def bench_fn(visitor, model, picked, cats, n, max_new, progress=gr.Progress()):
+            for u in app.bench(visitor, model, picked, cats, n, max_new,
+                               progress=lambda frac, desc: progress(frac, desc=desc)):
+                if u.error:
+                    gr.Warning(u.error)
+                table = gr.skip() if u.rows is H.UNCHANGED else pd.DataFrame(H.bench_table(u.rows),
+                                                                             columns=H.BENCH_HEADERS)
+                yield visitor, _status(u), table, _v(u.speedup_plot), _v(u.accept_plot)
+
+        b_run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+            bench_fn, [state, b_model, b_methods, b_cats, b_n, b_max_new],
+            [state, b_status, b_table, b_speed, b_accept], api_name="bench", **heavy)
+        b_stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
+
+    demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
+    return demo
+
+
+def _explorer_values(up: H.ExplorerUpdate) -> list:
+    v = up.view
+    table = pd.DataFrame(v.decisions, columns=H.DECISION_HEADERS)
+    err = up.error or v.error
+    return [gr.update(choices=up.choices, value=up.selected),
+            gr.update(minimum=0, maximum=max(up.max_step, 1), value=up.step, interactive=up.max_step > 0),
+            up.message, f"⚠ {err}" if err else "", v.summary, v.tree, v.mask, table, v.state_plot, v.state,
+            gr.update(value=up.download, interactive=up.download is not None)]
+
+
+CONFIG = H.AppConfig.from_env()
+APP = H.App(CONFIG)
+demo = build(APP)
+
+
+def launch(blocks: gr.Blocks | None = None, config: H.AppConfig | None = None, **kwargs):
+    """Launch with the app's theme (system fonts), CSS and limits; kwargs go to `Blocks.launch`."""
+    cfg = config or CONFIG
+    opts = dict(theme=THEME, css=CSS, max_file_size=f"{cfg.max_upload_mb:g}mb", footer_links=["api"],
+                run_history=False, show_error=False)
+    opts.update(kwargs)
+    return (blocks or demo).launch(**opts)
+
+
+def main(argv=None) -> int:
+    global CONFIG, APP, demo
+    ap = argparse.ArgumentParser(prog="python app.py", description="labkit's Gradio app")
+    ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                    help="interface to listen on (0.0.0.0 for a LAN/public deployment)")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    ap.add_argument("--models", default=None,
+                    help="comma-separated allow-list of models visitors may pick (default: the embedded models, "
+                         "or LABKIT_APP_MODELS); the first one is the default. trust_remote_code is never enabled")
+    ap.add_argument("--concurrency", type=int, default=None, help="generations running at once (default 2)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="upper limit visitors can ask for (default 256)")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args(argv)
+    overrides = dict(models=tuple(args.models.split(",")) if args.models else None, concurrency=args.concurrency,
+                     max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device)
+    try:
+        cfg = H.AppConfig.from_env(**overrides)
+    except ValueError as e:
+        print(f"app.py: error: {e}", file=sys.stderr)
+        return 2
+    if cfg != CONFIG:
+        CONFIG, APP = cfg, H.App(cfg)
+        demo = build(APP)
+    print(f"labkit app: models {', '.join(cfg.models)} (default {cfg.default_model}); "
+          f"{cfg.concurrency} generation(s) at once", flush=True)
+    launch(demo, cfg, server_name=args.host, server_port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
