@@ -73,6 +73,9 @@ class Method:
     # but the root). Self-speculative methods (layer skipping, early exit) draft through it and must leave it
     # exactly as they found it.
     target: "Target | None" = None
+    # Set by the engine before `start()`: whether this generation records per-node detail (text, probabilities,
+    # reasons). Methods may skip building display-only state (e.g. matrix rows read) when it is False.
+    detail: bool = True
 
     @classmethod
     def supports(cls, lm: LM) -> str | None:
@@ -133,6 +136,7 @@ class Target:
         self.kv_len = 0
         self.window = _sliding_window(lm.config)
         self._keep_arg = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._blocks: dict[tuple[int, ...], torch.Tensor] = {}  # tree part of the mask, per tree shape
 
     def _forward(self, ids: list[int], positions: list[int], mask, keep_last: bool = False) -> torch.Tensor:
         dev = self.lm.device
@@ -158,9 +162,21 @@ class Target:
         if T.is_chain(parents):
             return None
         dev, dt = self.lm.device, self.lm.dtype
-        full = T.attention_mask(parents, self.kv_len, dtype=dt, device=dev)
         if self.window is None:
+            # = T.attention_mask(parents, self.kv_len): the prefix columns are all zeros and the tree block
+            # depends only on the shape, so the block is built once per shape (on the device) and copied in.
+            key = tuple(parents)
+            block = self._blocks.get(key)
+            if block is None:
+                block = T.attention_mask(parents, 0, dtype=dt, device=dev)[0, 0]
+                if len(self._blocks) >= 256:
+                    self._blocks.clear()
+                self._blocks[key] = block
+            n1 = block.shape[0]
+            full = torch.zeros((1, 1, n1, self.kv_len + n1), dtype=dt, device=dev)
+            full[0, 0, :, self.kv_len:] = block
             return full
+        full = T.attention_mask(parents, self.kv_len, dtype=dt, device=dev)
         return {"full_attention": full,
                 "sliding_attention": T.attention_mask(parents, self.kv_len, dtype=dt, device=dev, window=self.window)}
 
@@ -173,12 +189,17 @@ class Target:
     def commit(self, n_nodes: int, path: list[int]) -> None:
         """Keep the root and the accepted path in the cache; drop the other n_nodes - len(path) entries."""
         start = self.kv_len + 1  # first node slot
-        keep = [i for i in path]
+        keep = list(path)
         if keep != list(range(len(keep))):  # not a prefix of the input: gather the path into place
-            src = torch.tensor([start + i for i in keep], device=self.lm.device)
+            src_cpu = torch.tensor([start + i for i in keep])
+            src_on: dict[torch.device, torch.Tensor] = {}  # layers may sit on several devices (device_map)
             for layer in self.cache.layers:
                 if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                     continue
+                dev = layer.keys.device
+                src = src_on.get(dev)
+                if src is None:
+                    src = src_on[dev] = src_cpu.to(dev)
                 layer.keys[..., start:start + len(keep), :] = layer.keys.index_select(-2, src)
                 layer.values[..., start:start + len(keep), :] = layer.values.index_select(-2, src)
         drop = n_nodes - len(keep)
@@ -249,11 +270,12 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     EOS token, after `max_new_tokens`, or when `should_stop()` returns True (checked between rounds).
     """
     check_request(lm, prompt, max_new_tokens)
-    gen = torch.Generator(device=lm.device)
+    gen = torch.Generator(device=_logits_device(lm))
     gen.manual_seed(sampling.seed)
     reason = method.supports(lm)
     if reason:
         raise ValueError(f"{method.name} cannot run on {lm.name}: {reason}")
+    method.detail = detail
     if method.custom_loop:
         method.target = None
         method.start(prompt, sampling)
@@ -319,6 +341,14 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
                    timing=Timing(draft=t1 - t0, verify=t2 - t1, accept=t3 - t2, commit=t4 - t3, total=t5 - t0),
                    kv_len=target.kv_len, finished=finished, state=state)
         index += 1
+
+
+def _logits_device(lm: LM) -> torch.device:
+    """Where the logits come out: the output embedding's device (= lm.device unless the model is spread over
+    several devices with device_map, where inputs go to the first device and logits leave the last one)."""
+    out = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) and weight.device.type != "meta" else lm.device
 
 
 def _truncate(prop: Proposal, n: int) -> Proposal:

@@ -7,17 +7,26 @@ Recycling", ACL 2025, arXiv:2408.08696. Lossless (training-free tree drafts, ver
   the last time that token was verified. Unknown rows are -1 (those branches are not drafted).
 - Each round, a draft tree is read off M breadth-first along a static template: a node at template path
   (r1, ..., rd) gets token M[parent_token, rd]. The paper's default template has 80 nodes in 6 levels with
-  k = 8; `nodes` keeps only the template paths with the highest prior acceptance (a 135M model on a CPU
-  pays for every extra node).
+  k = 8.
+- Tree size: with `sizing=auto` (default) the tree is re-chosen every few rounds by `labkit.sizing`: the
+  template paths ordered by their estimated acceptance probability, cut at the size that maximises expected
+  tokens per second on this device's measured latency curve, down to no draft at all (plain decoding) when
+  drafts do not pay. The acceptance estimate is free: after every verify pass, for EVERY verified position
+  (root and nodes), the rank in M's row whose token equals the target's next token is recorded (per depth).
+  With `sizing=off`, the best `nodes` template paths by a fixed rank prior are drafted every round.
 - After verification, every verified position (the root and all nodes) refreshes its row with the top-k
   of its target logits. The matrix persists across prompts of a session until `reset()`.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .. import accept as A
+from .. import sizing
 from .. import tree as T
 from ..engine import Method, Proposal, Verified
 from ..params import param
@@ -64,7 +73,31 @@ def best_subtree(choices, size: int, prior=RANK_PRIOR) -> list[tuple[int, ...]]:
 @dataclass
 class TokenRecyclingParams:
     k: int = param(8, "successor candidates stored per token (matrix columns)", lo=1, hi=32)
-    nodes: int = param(24, "draft-tree size: the best `nodes` paths of the paper's 80-node template", lo=1, hi=80)
+    nodes: int = param(80, "draft-tree size with sizing=off (the best `nodes` paths of the paper's 80-node "
+                           "template); with sizing=auto the largest tree it may pick", lo=1, hi=80)
+    sizing: str = param("auto", "auto: hardware-aware tree size from the measured latency curve and the observed "
+                                "acceptance (down to plain decoding); off: always `nodes` nodes",
+                        choices=("auto", "off"))
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A draft-tree template as arrays: parents/ranks per node, and node indices level by level."""
+
+    choices: tuple[tuple[int, ...], ...]
+    parents: list[int]
+    parents_np: np.ndarray
+    ranks: np.ndarray
+    depth: np.ndarray
+    levels: tuple[np.ndarray, ...]
+
+    @classmethod
+    def build(cls, choices) -> "_Template":
+        parents, ranks = T.from_choices(choices)
+        depth = np.asarray(T.depths(parents), dtype=np.int64)
+        levels = tuple(np.flatnonzero(depth == d) for d in range(1, int(depth.max(initial=0)) + 1))
+        return cls(tuple(sorted((tuple(c) for c in choices), key=lambda c: (len(c), c))), list(parents),
+                   np.asarray(parents, dtype=np.int64), np.asarray(ranks, dtype=np.int64), depth, levels)
 
 
 class TokenRecycling(Method):
@@ -77,52 +110,120 @@ class TokenRecycling(Method):
     def __init__(self, lm, params=None):
         super().__init__(lm, params)
         vocab = lm.model.get_output_embeddings().weight.shape[0]
-        self.matrix = torch.full((vocab, self.params.k), -1, dtype=torch.long, device=lm.device)
-        self.set_template(best_subtree([c for c in paper_choices() if max(c) < self.params.k], self.params.nodes))
+        # The matrix lives on the host (a few MB): drafting reads it with numpy, no device round trips.
+        self.matrix = torch.full((vocab, self.params.k), -1, dtype=torch.long)
+        self._m = self.matrix.numpy()
+        self._known = 0
+        self._templates: dict[tuple, _Template] = {}
+        candidates = [c for c in paper_choices() if max(c) < self.params.k]
+        self.sizer = None
+        if self.params.sizing == "auto":
+            self.sizer = sizing.TreeSizer(lm, candidates, self.params.k, self.params.nodes, prior=RANK_PRIOR)
+        self.set_template(best_subtree(candidates, self.params.nodes))
+        self._first_round = True
 
     def set_template(self, choices) -> None:
-        parents, ranks = T.from_choices(choices)
-        self.choices = [tuple(c) for c in sorted(choices, key=lambda c: (len(c), c))]
-        self.t_parents = parents
-        self.t_ranks = torch.tensor(ranks, dtype=torch.long, device=self.matrix.device)
-        self.t_parent_idx = torch.tensor(parents, dtype=torch.long, device=self.matrix.device)
+        """Draft this fixed template every round (turns hardware-aware sizing off)."""
+        self._fixed = _Template.build(choices)
+        self.choices = list(self._fixed.choices)
+        self.t_parents = self._fixed.parents
 
     def reset(self) -> None:
         self.matrix.fill_(-1)
+        self._known = 0
+        if self.sizer is not None:
+            self.sizer.reset()
+
+    def start(self, prompt, sampling) -> None:
+        self._first_round = True
+
+    def _template(self) -> tuple[_Template, dict]:
+        if self.sizer is None:
+            return self._fixed, {}
+        paths, _ = self.sizer.choose()
+        key = tuple(paths)
+        tpl = self._templates.get(key)
+        if tpl is None:
+            if len(self._templates) > 512:
+                self._templates.clear()
+            tpl = self._templates[key] = _Template.build(paths)
+        info = {"sizing": self.sizer.state()}
+        if self._first_round:
+            curve = self.sizer.curve
+            info["latency_curve"] = {"tokens": list(curve.tokens), "ms": [round(s * 1e3, 3) for s in curve.seconds]}
+        return tpl, info
 
     def propose(self, seq, sampling, generator) -> Proposal:
-        n = len(self.t_parents)
+        t0 = time.perf_counter()
+        tpl, info = self._template()
+        self._first_round = False
+        n = len(tpl.parents)
+        state = {"template_nodes": n, **info}
         if n == 0:
-            return Proposal()
+            state["drafted"] = 0
+            self._t_propose = time.perf_counter() - t0
+            return Proposal(state=state)
         # level by level, a node's token is M[parent token, rank]; -1 marks an unknown row
-        tokens = torch.full((n,), -1, dtype=torch.long, device=self.matrix.device)
-        depth = T.depths(self.t_parents)
-        root = torch.tensor(seq[-1], device=self.matrix.device)
-        for d in range(1, max(depth) + 1):
-            idx = [i for i in range(n) if depth[i] == d]
-            sel = torch.tensor(idx, device=self.matrix.device)
-            par = self.t_parent_idx[sel]
-            par_tok = torch.where(par < 0, root, tokens[par.clamp(min=0)])
-            tok = self.matrix[par_tok.clamp(min=0), self.t_ranks[sel]]
-            tokens[sel] = torch.where(par_tok < 0, -1, tok)
-        tok_list = tokens.tolist()
-        keep = [i for i in range(n) if tok_list[i] >= 0]  # unknown parents are -1 too, so subtrees drop out
-        new_index = {old: new for new, old in enumerate(keep)}
-        parents = [new_index.get(self.t_parents[i], -1) if self.t_parents[i] >= 0 else -1 for i in keep]
-        used = sorted({seq[-1]} | {tok_list[p] for p in self.t_parents if p >= 0 and tok_list[p] >= 0})
-        return Proposal(tokens=[tok_list[i] for i in keep], parents=parents,
-                        state={"template_nodes": n, "drafted": len(keep),
-                               "rows_read": {str(t): self.matrix[t].tolist() for t in used}})
+        m = self._m
+        root = seq[-1]
+        tokens = np.full(n, -1, dtype=np.int64)
+        for idx in tpl.levels:
+            par = tpl.parents_np[idx]
+            par_tok = np.where(par < 0, root, tokens[np.maximum(par, 0)])
+            tok = m[np.maximum(par_tok, 0), tpl.ranks[idx]]
+            tokens[idx] = np.where(par_tok < 0, -1, tok)
+        keep = np.flatnonzero(tokens >= 0)  # unknown parents are -1 too, so subtrees drop out
+        new_index = np.cumsum(tokens >= 0) - 1
+        par = tpl.parents_np[keep]
+        parents = np.where(par >= 0, new_index[np.maximum(par, 0)], -1)
+        state["drafted"] = int(len(keep))
+        if self.detail:
+            used = sorted({root} | {int(tokens[p]) for p in tpl.parents if p >= 0 and tokens[p] >= 0})
+            state["rows_read"] = {str(t): m[t].tolist() for t in used}
+        self._t_propose = time.perf_counter() - t0
+        return Proposal(tokens=tokens[keep].tolist(), parents=parents.tolist(), state=state)
+
+    @torch.inference_mode()
+    def accept(self, prop, logits, sampling, generator, label):
+        """The default rule; in greedy mode the argmax and the matrix's top-k leave the device in ONE copy (on a
+        GPU that is the round's only host sync)."""
+        self._top = None
+        if not sampling.greedy:
+            return super().accept(prop, logits, sampling, generator, label)
+        both = torch.cat([logits.argmax(-1, keepdim=True), torch.topk(logits, self.params.k, dim=-1).indices], dim=1)
+        both = both.cpu().numpy()
+        self._top = both[:, 1:]
+        return A.greedy_tree(prop.parents, prop.tokens, both[:, 0].tolist(), label)
 
     @torch.inference_mode()
     def observe(self, v: Verified) -> dict:
-        inputs = torch.tensor([v.seq[-1]] + list(v.proposal.tokens), device=self.matrix.device)
-        top = torch.topk(v.logits, self.params.k, dim=-1).indices.to(self.matrix.device)
-        before = self.matrix[inputs]
-        self.matrix[inputs] = top
-        changed = int((before != top).any(dim=-1).sum())
-        return {"rows_updated": int(inputs.numel()), "rows_changed": changed,
-                "matrix_rows_known": int((self.matrix[:, 0] >= 0).sum())}
+        t0 = time.perf_counter()
+        inputs = np.asarray([v.seq[-1]] + list(v.proposal.tokens), dtype=np.int64)
+        top = getattr(self, "_top", None)
+        if top is None or top.shape[0] != inputs.size:
+            top = torch.topk(v.logits, self.params.k, dim=-1).indices.cpu().numpy()
+        self._top = None
+        before = self._m[inputs]
+        if self.sizer is not None:
+            # which rank of each verified position's row held the target's next token (-1: none)
+            hit = before == top[:, :1]
+            rank = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+            child_depth = np.concatenate([[1], np.asarray(T.depths(v.proposal.parents), dtype=np.int64) + 1])
+            self.sizer.acceptance.update(child_depth, rank)
+        new_rows = np.unique(inputs[before[:, 0] < 0])
+        self._known += int(new_rows.size)
+        self._m[inputs] = top
+        changed = int((before != top).any(axis=1).sum())
+        if self.sizer is not None and v.proposal.tokens:
+            self.sizer.overhead.add(getattr(self, "_t_propose", 0.0) + time.perf_counter() - t0)
+        return {"rows_updated": int(inputs.size), "rows_changed": changed, "matrix_rows_known": self._known}
+
+    def state_bytes(self) -> int:
+        """Memory held across prompts: the adjacency matrix."""
+        return int(self.matrix.numel() * self.matrix.element_size())
 
     def describe(self) -> str:
+        if self.sizer is not None:
+            return (f"Token Recycling (k={self.params.k}, hardware-aware tree of 0..{self.sizer.max_nodes} nodes "
+                    f"from the paper's 80-node template)")
         return f"Token Recycling (k={self.params.k}, {len(self.t_parents)}-node tree from the paper's 80-node template)"
