@@ -10,6 +10,7 @@ This file is layout only; the logic (validation, per-visitor state, shared model
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -51,6 +52,15 @@ def _status(u) -> str:
     return u.status
 
 
+def _float_step(lo: float, hi: float, default) -> float:
+    """A round slider step (about 1/100 of the range) on whose grid the default value lies."""
+    step = 10.0 ** math.floor(math.log10((hi - lo) / 100)) if hi > lo else 0.01
+    while step > 1e-6 and isinstance(default, (int, float)) and abs(round((default - lo) / step) * step + lo
+                                                                  - default) > step * 1e-6:
+        step /= 10
+    return step
+
+
 def _param_component(method: str, p: dict):
     label = f"{p['name']}"
     info = p["help"] or None
@@ -62,7 +72,7 @@ def _param_component(method: str, p: dict):
         return gr.Checkbox(value=bool(default), label=label, info=info, elem_id=elem_id)
     if p["type"] in ("int", "float"):
         if lo is not None and hi is not None and (p["type"] == "float" or hi - lo <= 4096):
-            step = 1 if p["type"] == "int" else (hi - lo) / 100
+            step = 1 if p["type"] == "int" else _float_step(lo, hi, default)
             return gr.Slider(lo, hi, value=default, step=step, label=label, info=info, elem_id=elem_id)
         rng = f" (≥ {lo})" if lo is not None else (f" (≤ {hi})" if hi is not None else "")
         return gr.Number(value=default, label=label + rng, info=info, precision=0 if p["type"] == "int" else None,
@@ -199,31 +209,42 @@ def build(app: H.App) -> gr.Blocks:
                                        wrap=True, interactive=False, elem_id="lk-trace-decisions")
                 x_mask = gr.Plot(label="Tree attention mask of the verify pass", elem_id="lk-trace-mask")
                 x_state_plot = gr.Plot(label="Method state", elem_id="lk-trace-state-plot")
+                x_sparse = gr.Plot(label="KV policy at this step: attention by layer and position", visible=False,
+                                   elem_id="lk-trace-sparsity")
                 with gr.Accordion("Step.state as JSON (what the method's state did this round)", open=False):
                     x_state = gr.JSON(show_label=False)
 
             # ---------------------------------------------------------------- Sparsity
             with gr.Tab("Sparsity", id="sparsity"):
                 policies = app.sparsity_policies()
+                engine_methods = [x for x in labels if not H.methods.get(x[1]).custom_loop]
                 if not policies:
                     gr.Markdown(f"⚠ {H.SPARSITY_MISSING}.", elem_id="lk-sparsity-missing")
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
-                        s_prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=3)
+                        s_prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=3, elem_id="lk-sparsity-prompt")
                         with gr.Row():
                             s_run = gr.Button("Run", variant="primary", elem_id="lk-sparsity-run")
-                            s_stop = gr.Button("Stop", variant="stop")
+                            s_stop = gr.Button("Stop", variant="stop", elem_id="lk-sparsity-stop")
                         s_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        s_policy = gr.Dropdown(policies, value=policies[0] if policies else None, label="KV policy")
-                        s_budget = gr.Slider(8, 1024, value=128, step=8, label="KV budget (tokens kept)")
+                        s_policy = gr.Dropdown(policies, value=(policies[1] if len(policies) > 1 else policies[0])[1]
+                                               if policies else None, label="KV policy", elem_id="lk-sparsity-policy")
+                        s_budget = gr.Slider(4, 1024, value=48, step=4, label="KV budget (committed entries read)",
+                                             info="per layer or KV head, depending on the policy; dense ignores it",
+                                             elem_id="lk-sparsity-budget")
+                        s_method = gr.Dropdown(engine_methods, value=H.BASELINE, label="Decoding method")
                         s_max_new = gr.Slider(1, cfg.max_new_tokens, value=min(48, cfg.max_new_tokens), step=1,
-                                              label="Max new tokens")
+                                              label="Max new tokens", elem_id="lk-sparsity-max-new")
+                        s_chat = gr.Checkbox(value=True, label="chat template")
                     with gr.Column(scale=3, min_width=420):
                         s_status = gr.Markdown(elem_id="lk-sparsity-status", elem_classes="lk-status")
-                        s_metrics = gr.Markdown()
-                        s_stream = gr.HTML()
-                        s_heat = gr.Plot(label="Attention / KV heatmap")
-                        s_timeline = gr.Plot(label="Residency timeline")
+                        s_metrics = gr.Markdown(elem_id="lk-sparsity-metrics")
+                        s_stream = gr.HTML(elem_id="lk-sparsity-stream", elem_classes="lk-col-stream")
+                s_heat = gr.Plot(label="Attention by layer and position (latest step)", elem_id="lk-sparsity-heat")
+                with gr.Row():
+                    s_timeline = gr.Plot(label="Cache residency timeline", elem_id="lk-sparsity-timeline")
+                    s_fid = gr.Plot(label="Fidelity vs dense: recall, KL, top-1 agreement",
+                                    elem_id="lk-sparsity-fidelity")
 
             # ---------------------------------------------------------------- Bench
             with gr.Tab("Bench", id="bench"):
@@ -276,7 +297,7 @@ def build(app: H.App) -> gr.Blocks:
         live_inputs = [state, model, method, prompt, max_new, mode, temperature, top_k, top_p, seed, chat, *live_params]
         live_outputs = [state, status, live_metrics, stream, tree, stats, text]
         explorer_outputs = [x_runs, x_step, x_msg, x_err, x_summary, x_tree, x_mask, x_table, x_state_plot, x_state,
-                            x_download]
+                            x_download, x_sparse]
 
         def explorer_fn(visitor, key=None, index=None):
             return _explorer_values(app.explorer(visitor, key, index))
@@ -338,16 +359,18 @@ def build(app: H.App) -> gr.Blocks:
         x_upload.upload(upload_fn, [state, x_upload], explorer_outputs + [x_upload], api_name="upload_trace", **light)
 
         # -- Sparsity
-        def sparsity_fn(visitor, model, policy, budget, prompt, max_new):
-            for u in app.sparsity(visitor, model, policy, budget, prompt, max_new):
+        def sparsity_fn(visitor, model, policy, budget, prompt, max_new, method, chat):
+            for u in app.sparsity(visitor, model, policy, budget, prompt, max_new, method, chat):
                 if u.error:
                     gr.Warning(u.error)
-                yield visitor, _status(u), _v(u.metrics), _v(u.html), _v(u.heatmap), _v(u.timeline)
+                yield (visitor, _status(u), _v(u.metrics), _v(u.html), _v(u.heatmap), _v(u.timeline),
+                       _v(u.fidelity))
 
-        s_run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
-            sparsity_fn, [state, s_model, s_policy, s_budget, s_prompt, s_max_new],
-            [state, s_status, s_metrics, s_stream, s_heat, s_timeline], api_name="sparsity",
+        s_ev = s_run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+            sparsity_fn, [state, s_model, s_policy, s_budget, s_prompt, s_max_new, s_method, s_chat],
+            [state, s_status, s_metrics, s_stream, s_heat, s_timeline, s_fid], api_name="sparsity",
             show_progress_on=[s_status], **heavy)
+        s_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
         s_stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
 
         # -- Bench
@@ -376,7 +399,8 @@ def _explorer_values(up: H.ExplorerUpdate) -> list:
     return [gr.update(choices=up.choices, value=up.selected),
             gr.update(minimum=0, maximum=max(up.max_step, 1), value=up.step, interactive=up.max_step > 0),
             up.message, f"⚠ {err}" if err else "", v.summary, v.tree, v.mask, table, v.state_plot, v.state,
-            gr.update(value=up.download, interactive=up.download is not None)]
+            gr.update(value=up.download, interactive=up.download is not None),
+            gr.update(value=v.sparsity, visible=v.sparsity is not None)]
 
 
 CONFIG = H.AppConfig.from_env()

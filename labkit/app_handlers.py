@@ -385,6 +385,7 @@ class Views:
 
 
 VIEWS = Views()
+VIEWS_SPARSITY = Views("labkit.sparsity.views")
 
 
 def stream_html(steps: list[Step], method: str | None = None) -> str:
@@ -485,6 +486,7 @@ class StepView:
     decisions: list = field(default_factory=list)
     state_plot: Any = None
     state: Any = None
+    sparsity: Any = None  # the step's SparsityFrame as a layer x position heatmap, for runs under a KV policy
     error: str = ""
 
 
@@ -519,6 +521,7 @@ class BenchUpdate:
 class SparsityUpdate:
     heatmap: Any = UNCHANGED
     timeline: Any = UNCHANGED
+    fidelity: Any = UNCHANGED
     metrics: Any = UNCHANGED
     html: Any = UNCHANGED
     status: str = ""
@@ -630,7 +633,7 @@ class App:
                 u = LiveUpdate(html=stream_html(steps, req.method), text="".join(s.text for s in steps), metrics=metrics_md(steps),
                                status=f"generating: {head} · step {step.index} · "
                                       f"{sum(len(s.tokens) for s in steps)} tokens")
-                if step.nodes and tree_t.due():
+                if step.kind == "decode" and tree_t.due():
                     u.tree = VIEWS.call("draft_tree", step)
                 if stats_t.due():
                     u.stats = VIEWS.call("acceptance_stats", steps)
@@ -644,7 +647,7 @@ class App:
                                   note=_finish_reason(steps, stop.is_set()))
         else:
             key = None
-        tree_step = last_tree_step(steps)
+        tree_step = last_tree_step(steps) or (steps[-1] if steps else None)
         status = f"{_finish_reason(steps, stop.is_set())}: {head}" + (f" · saved as run “{key}”" if key else "")
         yield LiveUpdate(html=stream_html(steps, req.method), text="".join(s.text for s in steps),
                          tree=VIEWS.call("draft_tree", tree_step) if tree_step else None,
@@ -802,13 +805,17 @@ class App:
                      f"commit {t.commit * 1e3:.1f} ms" + (f" · finished: {s.finished}" if s.finished else ""))
         rows = [[j, n.text, n.parent, n.depth, n.status, _num(n.draft_prob), _num(n.target_prob), _num(n.accept_prob),
                  _num(n.draw), n.reason] for j, n in enumerate(s.nodes)]
-        before = len(VIEWS.errors)
+        before, before_sp = len(VIEWS.errors), len(VIEWS_SPARSITY.errors)
         view = StepView(summary=summary, decisions=rows, state=s.state or {},
-                        tree=VIEWS.call("draft_tree", s) if s.nodes else None,
-                        mask=VIEWS.call("tree_mask", s) if s.nodes else None,
+                        tree=VIEWS.call("draft_tree", s), mask=VIEWS.call("tree_mask", s) if s.kind == "decode" else None,
                         state_plot=VIEWS.call("method_state", s, method=method, token_text=self._token_text(rec)))
-        if len(VIEWS.errors) > before:
-            view.error = "some plots of this step could not be drawn: " + "; ".join(VIEWS.errors[before:])
+        frame = next((e for e in rec.events if not isinstance(e, Step) and getattr(e, "step", None) == s.index
+                      and hasattr(e, "layers")), None)
+        if frame is not None:
+            view.sparsity = VIEWS_SPARSITY.call("layer_map", frame)
+        errors = VIEWS.errors[before:] + VIEWS_SPARSITY.errors[before_sp:]
+        if errors:
+            view.error = "some plots of this step could not be drawn: " + "; ".join(errors)
         return view
 
     def _token_text(self, rec: RunRecord) -> Callable[[int], str] | None:
@@ -916,7 +923,7 @@ class App:
             yield BenchUpdate(error=_user_message(e), done=True)
             return
         total = len(questions) * len(order)
-        table = B.Table()
+        collected: list = []  # bench records (bench.run_method) or, with an older bench module, bench.Result
         report = progress or (lambda frac, desc: None)
         report(0.0, "warming up")
         yield BenchUpdate(status=f"warming up {len(order)} methods…", progress=0.0)
@@ -925,45 +932,137 @@ class App:
                 lab.run(x, "Hello", max_new_tokens=4, detail=False)
             done = 0
             for q in questions:
+                ids = lm.encode(q["turns"][0])
                 for x in order:  # interleaved, so drift in machine speed hits every method alike
                     if stop.is_set():
                         raise _Stopped
-                    run = lab.run(x, q["turns"][0], max_new_tokens=max_new, detail=False, should_stop=stop.is_set)
-                    table.results.append(B.Result(x, q["bench_category"], q["question_id"], run.tokens, run.metrics))
+                    collected.append(_bench_one(B, lab, x, q, ids, max_new, model, stop))
                     done += 1
                     desc = f"{done}/{total}: {x} on {q['bench_category']} #{q['question_id']}"
                     report(done / total, desc)
-                    yield BenchUpdate(rows=bench_rows(table, order), status=desc, progress=done / total)
+                    yield BenchUpdate(rows=bench_rows(collected, order), status=desc, progress=done / total)
         except _Stopped:
             pass
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("bench: unexpected error")
-            yield BenchUpdate(rows=bench_rows(table, order), error=_user_message(e), done=True)
+            yield BenchUpdate(rows=bench_rows(collected, order), error=_user_message(e), done=True)
             return
         stopped = stop.is_set()
-        rows = bench_rows(table, order)
+        rows = bench_rows(collected, order)
         yield BenchUpdate(rows=rows, speedup_plot=bench_plot(rows, "speedup", "speedup vs autoregressive (×)"),
                           accept_plot=bench_plot(rows, "mean_accept_len", "mean acceptance length (tokens/forward)"),
-                          status=("stopped" if stopped else "done") + f": {len(table.results)} runs on {model}, "
+                          status=("stopped" if stopped else "done") + f": {len(collected)} runs on {model}, "
                                  f"greedy, {max_new} new tokens max", progress=1.0, done=True)
 
     # -- Sparsity ------------------------------------------------------------------------------------------
 
-    def sparsity_policies(self) -> list[str]:
-        mod = sparsity_module()
-        if mod is None:
+    def sparsity_policies(self) -> list[tuple[str, str]]:
+        """(label, name) of every registered KV policy; [] while labkit.sparsity is not installed."""
+        if sparsity_ready() is not None:
             return []
-        reg = getattr(mod, "REGISTRY", None) or getattr(mod, "POLICIES", None) or {}
-        return list(reg)
+        SP = sparsity_module()
+        out = []
+        for name in SP.REGISTRY:
+            info = SP.info(name)
+            out.append((f"{name} · {info['title']}", name))
+        return out
 
-    def sparsity(self, visitor: Visitor, model, policy, budget, prompt, max_new_tokens) -> Iterator[SparsityUpdate]:
-        mod = sparsity_module()
-        if mod is None:
-            yield SparsityUpdate(error=SPARSITY_MISSING, done=True)
+    def sparsity(self, visitor: Visitor, model, policy, budget, prompt, max_new_tokens, method=BASELINE,
+                 chat=True) -> Iterator[SparsityUpdate]:
+        """Decode under a KV-selection policy: the text, the latest frame's layer x position heatmap, the cache
+        residency timeline and fidelity vs dense (recall, KL, top-1 agreement), redrawn at most every
+        `plot_interval` / `stats_interval` seconds."""
+        stop = visitor.begin()
+        try:
+            if not self._acquire(visitor):
+                yield SparsityUpdate(error="another run of yours is still going: stop it or wait for it to finish",
+                                     done=True)
+                return
+            try:
+                yield from self._sparsity(visitor, stop, model, policy, budget, prompt, max_new_tokens, method, chat)
+            finally:
+                visitor._busy.release()
+        finally:
+            visitor.end(stop)
+
+    def _sparsity(self, visitor, stop, model, policy, budget, prompt, max_new_tokens, method, chat):
+        why = sparsity_ready()
+        if why is not None:
+            yield SparsityUpdate(error=why, done=True)
             return
-        # wired once labkit.sparsity lands (Session.stream(..., sparsity=...) yielding SparsityFrames)
-        yield SparsityUpdate(error=SPARSITY_MISSING, done=True)
+        SP = sparsity_module()
+        from .sparsity import views as SPV
+
+        cfg = self.config
+        try:
+            self.pool.check(model)
+            name = str(policy or "").strip()
+            if not name:
+                raise ParamError("pick a KV policy")
+            info = SP.info(name)  # unknown policy -> ParamError listing the registry
+            params = {}
+            if any(p["name"] == "budget" for p in info["params"]):
+                params["budget"] = parse_int("KV budget", budget, 1, None)
+            SP.create(name, params)  # bad budget for this policy -> ParamError
+            req = self.request(model, method or BASELINE, prompt, max_new_tokens, "greedy", None, None, None, 0,
+                               None, chat)
+            if methods.get(req.method).custom_loop:
+                raise ValueError(f"{req.method} runs its own loop; pick a method that verifies through the engine")
+            loading = self._loading_status(req.model)
+            if loading:
+                yield SparsityUpdate(status=loading)
+            session = visitor.session(self.pool, req.model)
+            self._supports(req.method, session.lm)
+            opts = SP.Options(policy=name, params=params)
+            m, _, run_cfg = session.prepare(req.method, req.prompt, max_new_tokens=req.max_new_tokens,
+                                            sampling=req.sampling, chat=req.chat)
+            run_cfg = {**run_cfg, "sparsity": SP.describe(opts)}
+            gen = session.stream(m, req.prompt, max_new_tokens=req.max_new_tokens, sampling=req.sampling,
+                                 chat=req.chat, should_stop=stop.is_set, sparsity=opts)
+        except Exception as e:  # noqa: BLE001
+            if not isinstance(e, USER_ERRORS):
+                log.exception("sparsity: unexpected error")
+            yield SparsityUpdate(error=_user_message(e), done=True)
+            return
+        if stop.is_set():
+            yield SparsityUpdate(status="stopped before it started", done=True)
+            return
+        heat_t, slow_t = Throttle(cfg.plot_interval), Throttle(cfg.stats_interval)
+        head = f"{run_cfg['sparsity']} · {req.method} on {req.model}"
+        events, steps, frames = [], [], []
+        error = ""
+        try:
+            for e in gen:
+                events.append(e)
+                if isinstance(e, Step):
+                    steps.append(e)
+                    continue
+                frames.append(e)
+                u = SparsityUpdate(html=stream_html(steps, req.method), metrics=sparsity_md(steps, frames),
+                                   status=f"generating: {head} · step {e.step}")
+                if heat_t.due():
+                    u.heatmap = VIEWS_SPARSITY.call("layer_map", e)
+                if slow_t.due():
+                    u.timeline = VIEWS_SPARSITY.call("residency_timeline", frames)
+                    u.fidelity = VIEWS_SPARSITY.call("fidelity", frames)
+                yield u
+        except Exception as e:  # noqa: BLE001
+            if not isinstance(e, USER_ERRORS):
+                log.exception("sparsity: unexpected error while decoding")
+            error = _user_message(e)
+        stopped = stop.is_set()
+        key = None
+        if steps:
+            key = visitor.add_run("sparsity", f"{name} · {req.method} · {_short(req.prompt, 24)}", run_cfg, events,
+                                  cfg.max_runs, note=_finish_reason(steps, stopped))
+        last = frames[-1] if frames else None
+        yield SparsityUpdate(html=stream_html(steps, req.method), metrics=sparsity_md(steps, frames),
+                             heatmap=VIEWS_SPARSITY.call("layer_map", last) if last else None,
+                             timeline=VIEWS_SPARSITY.call("residency_timeline", frames) if frames else None,
+                             fidelity=VIEWS_SPARSITY.call("fidelity", frames) if frames else None,
+                             status=f"{_finish_reason(steps, stopped)}: {head}"
+                                    + (f" · saved as run “{key}”" if key else ""), error=error, done=True)
 
 
 class _Stopped(Exception):
@@ -971,6 +1070,7 @@ class _Stopped(Exception):
 
 
 def sparsity_module():
+    """labkit.sparsity, or None while it is not installed."""
     import importlib
 
     try:
@@ -979,6 +1079,39 @@ def sparsity_module():
         if e.name and "labkit.sparsity".startswith(e.name):
             return None
         raise
+
+
+def sparsity_ready() -> str | None:
+    """None when the sparsity tab can run (policies, Options, views), else the message the tab shows."""
+    try:
+        SP = sparsity_module()
+        if SP is None or not all(hasattr(SP, a) for a in ("REGISTRY", "Options", "info", "create", "describe")):
+            return SPARSITY_MISSING
+        if not VIEWS_SPARSITY.available("layer_map"):
+            return SPARSITY_MISSING
+    except Exception as e:  # noqa: BLE001 - a half-installed package must not take the app down
+        log.exception("labkit.sparsity failed to import")
+        return f"{SPARSITY_MISSING} (it failed to import: {type(e).__name__})"
+    return None
+
+
+def sparsity_md(steps: list[Step], frames: list) -> str:
+    """Fidelity of the policy vs dense attention, averaged over the decode rounds so far."""
+    dec = [f for f in frames if getattr(f, "kind", "") == "decode"]
+
+    def mean(attr):
+        vals = [getattr(f, attr) for f in dec if getattr(f, attr, None) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    recall, kl, top1, kv = mean("recall"), mean("kl"), mean("top1"), mean("kv_ratio")
+    parts = [f"attention recall **{recall:.3f}**" if recall is not None else "attention recall -",
+             f"KL(dense ‖ policy) **{kl:.4f}** nats" if kl is not None else "KL -",
+             f"top-1 agreement **{top1:.0%}**" if top1 is not None else "top-1 agreement -",
+             f"KV read **{kv:.0%}** of dense" if kv is not None else "KV read -"]
+    m = M.compute(steps) if steps else None
+    if m is not None:
+        parts.append(f"{m.new_tokens} tokens, {m.tokens_per_s:.1f} tok/s")
+    return " · ".join(parts) + f" (mean over {len(dec)} decode rounds)"
 
 
 def _num(x: float | None) -> str:
@@ -990,8 +1123,8 @@ def parse_upload(text: str) -> tuple[TR.Trace, int]:
     types they do not handle) and checking that the steps are well-formed trees. Returns (trace, skipped)."""
     try:  # sparsity frames register their event type on import
         sparsity_module()
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception:  # noqa: BLE001 - then its frames are skipped like any unknown event
+        log.exception("labkit.sparsity failed to import")
     lines = text.split("\n")
     kept, skipped = [], 0
     for i, line in enumerate(lines):
@@ -1079,19 +1212,41 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
 
 # ---- Bench tables and plots -------------------------------------------------------------------------------
 
-def bench_rows(table, order: Sequence[str]) -> list[dict]:
-    """bench.Table.rows() overall and per category, as flat dicts (category 'all' first)."""
+def _bench_one(B, lab: Session, name: str, q: dict, ids: list[int], max_new: int, model: str, stop):
+    """One question with one method, measured by labkit.bench (its records carry Spec-Bench's fields)."""
+    from .sampling import GREEDY
+
+    if hasattr(B, "run_method") and hasattr(B, "Spec"):
+        return B.run_method(lab.lm, lab.method(name), B.Spec.parse(name), q, ids, max_new_tokens=max_new,
+                            sampling=GREEDY, curve=None, model_id=model)
+    run = lab.run(name, ids, max_new_tokens=max_new, detail=False, should_stop=stop.is_set)  # older bench module
+    return B.Result(name, q["bench_category"], q["question_id"], run.tokens, run.metrics)
+
+
+def bench_rows(collected: list, order: Sequence[str]) -> list[dict]:
+    """Flat rows per (category, method), category 'all' first: questions, tokens, tokens/s, speedup vs the
+    autoregressive baseline, mean acceptance length, identical outputs, as labkit.bench tabulates them."""
     from . import bench as B
 
     out = []
-    cats = ["all"] + [c for c in B.CATEGORIES if any(r.category == c for r in table.results)]
-    for c in cats:
-        sub = B.Table([r for r in table.results if c == "all" or r.category == c])
-        rows = {r["method"]: r for r in sub.rows()}
-        for name in order:
-            if name in rows:
-                out.append({"category": c, **rows[name]})
-    return out
+    if collected and isinstance(collected[0], dict):
+        for r in B.table(collected):
+            sp = r.get("speedup")
+            same, n = r.get("identical_vs_baseline", (0, 0))
+            out.append({"category": "all" if r["category"] == "overall" else r["category"], "method": r["method"],
+                        "questions": r["questions"], "tokens": r["new_tokens"], "tokens_per_s": r["tokens_per_s"],
+                        "speedup": sp["tokens_per_s"] if isinstance(sp, dict) else float("nan"),
+                        "mean_accept_len": r["mean_accept_len"], "identical": f"{same}/{n}"})
+    elif collected:
+        cats = [c for c in B.CATEGORIES if any(r.category == c for r in collected)]
+        for c in cats + ["all"]:
+            for row in B.Table([r for r in collected if c == "all" or r.category == c]).rows():
+                out.append({"category": c, "method": row["method"], "questions": row["questions"],
+                            "tokens": row["tokens"], "tokens_per_s": row["tokens_per_s"], "speedup": row["speedup"],
+                            "mean_accept_len": row["mean_accept_len"], "identical": row["identical"]})
+    rank = {m: i for i, m in enumerate(order)}
+    cat = {c: i for i, c in enumerate(("all",) + tuple(B.CATEGORIES))}
+    return sorted(out, key=lambda r: (cat.get(r["category"], len(cat)), rank.get(r["method"], len(rank))))
 
 
 BENCH_HEADERS = ["category", "method", "questions", "tokens", "tok/s", "speedup", "accept len", "identical"]

@@ -450,11 +450,61 @@ def test_bench_validation(app, kw, msg):
     assert len(ups) == 1 and msg in ups[0].error
 
 
-def test_sparsity_tab_says_what_is_missing(app):
-    if H.sparsity_module() is not None:
-        pytest.skip("labkit.sparsity is installed")
-    ups = list(app.sparsity(H.Visitor(), "tiny-llama", None, 128, PROMPT, 8))
+def test_sparsity_tab_says_what_is_missing(app, monkeypatch):
+    monkeypatch.setattr(H, "sparsity_ready", lambda: H.SPARSITY_MISSING)
+    ups = list(app.sparsity(H.Visitor(), "tiny-llama", "h2o", 16, PROMPT, 8, chat=False))
     assert ups[-1].error == H.SPARSITY_MISSING and app.sparsity_policies() == []
+
+
+needs_sparsity = pytest.mark.skipif(H.sparsity_ready() is not None, reason="labkit.sparsity is not installed yet")
+
+
+@needs_sparsity
+def test_sparsity_streams_frames_and_fidelity(app):
+    v = H.Visitor()
+    ups = list(app.sparsity(v, "tiny-llama", "h2o", 8, PROMPT, 12, chat=False))
+    assert ups[-1].done and not ups[-1].error, ups[-1].error
+    assert len(ups) > 3 and all(u.html is not H.UNCHANGED for u in ups if u.status.startswith("generating"))
+    for word in ("attention recall", "KL(dense", "top-1 agreement", "KV read"):
+        assert word in ups[-1].metrics
+    assert ups[-1].heatmap is not None and ups[-1].timeline is not None and ups[-1].fidelity is not None
+    rec = v.runs[v.selected]
+    assert rec.source == "sparsity" and rec.config["sparsity"].startswith("h2o(budget=8")
+    frames = [e for e in rec.events if not isinstance(e, H.Step)]
+    assert len(frames) == len(rec.steps)
+    up = app.explorer(v)
+    assert up.view.sparsity is not None  # the explorer shows the step's frame
+    back = load_trace(up.download)  # frames go into the downloaded trace
+    assert len(back.events) == len(rec.events)
+    assert not app.upload(H.Visitor(), up.download).error
+    assert [name for _, name in app.sparsity_policies()][0] == "dense"
+
+
+@needs_sparsity
+@pytest.mark.parametrize("kw, msg", [
+    (dict(policy="nope"), "unknown sparsity policy 'nope'"),
+    (dict(policy=""), "pick a KV policy"),
+    (dict(budget=0), "out of range"),
+    (dict(budget="x"), "whole number"),
+    (dict(policy="token_select", budget=16), "must be below the budget"),
+    (dict(prompt=""), "the prompt is empty"),
+    (dict(method="nope"), "unknown method"),
+    (dict(model="gpt2"), "allow-list"),
+])
+def test_sparsity_validation(app, kw, msg):
+    args = dict(model="tiny-llama", policy="h2o", budget=16, prompt=PROMPT, max_new_tokens=8, chat=False)
+    args.update(kw)
+    ups = list(app.sparsity(H.Visitor(), **args))
+    assert len(ups) == 1 and msg in ups[0].error, ups[0].error
+
+
+@needs_sparsity
+def test_sparsity_rejects_custom_loop_methods(app):
+    custom = [n for n in methods.REGISTRY if methods.get(n).custom_loop]
+    if not custom:
+        pytest.skip("no custom-loop method is registered")
+    ups = list(app.sparsity(H.Visitor(), "tiny-llama", "h2o", 16, PROMPT, 8, method=custom[0], chat=False))
+    assert "runs its own loop" in ups[-1].error
 
 
 def test_config_from_env_and_allow_list():
