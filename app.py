@@ -166,9 +166,10 @@ def build(app: H.App) -> gr.Blocks:
                             c_run = gr.Button("Compare", variant="primary", elem_id="lk-compare-run")
                             c_stop = gr.Button("Stop", variant="stop", elem_id="lk-compare-stop")
                         c_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        c_methods = gr.CheckboxGroup(labels, value=compare_default, elem_id="lk-compare-methods",
-                                                     label=f"Methods (2 to {H.MAX_COMPARE}; the autoregressive "
-                                                           "baseline always runs)")
+                        c_methods = gr.Dropdown(labels, value=compare_default, multiselect=True,
+                                                max_choices=H.MAX_COMPARE, elem_id="lk-compare-methods",
+                                                label=f"Methods (2 to {H.MAX_COMPARE}; the autoregressive baseline "
+                                                      "always runs)")
                         with gr.Accordion("Parameters of the picked methods", open=False):
                             c_params, c_groups = _param_forms("compare", layout, set(compare_default))
                         c_max_new = gr.Slider(1, cfg.max_new_tokens, value=min(48, cfg.max_new_tokens), step=1,
@@ -251,8 +252,9 @@ def build(app: H.App) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
                         b_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        b_methods = gr.CheckboxGroup([x for x in labels if x[1] != H.BASELINE], value=compare_default,
-                                                     label="Methods (the autoregressive baseline always runs)")
+                        b_methods = gr.Dropdown([x for x in labels if x[1] != H.BASELINE], value=compare_default,
+                                                multiselect=True, elem_id="lk-bench-methods",
+                                                label="Methods (the autoregressive baseline always runs)")
                         b_cats = gr.CheckboxGroup(list(CATEGORIES), value=["mt_bench", "summarization", "qa"],
                                                   label="Spec-Bench categories")
                         b_n = gr.Slider(1, cfg.bench_max_per_category, value=1, step=1, label="Questions per category")

@@ -41,7 +41,8 @@ def test_pickers_and_forms_come_from_the_registry(appmod):
         assert ("LOSSY" in label) == (not methods.get(name).lossless)
         kind = methods.get(name).kind
         assert kind == "speculative" or kind in label
-    compare = next(b for b in _components(appmod.demo, gr.CheckboxGroup) if b.elem_id == "lk-compare-methods")
+    compare = next(b for b in _components(appmod.demo, gr.Dropdown) if b.elem_id == "lk-compare-methods")
+    assert compare.multiselect and compare.max_choices == H.MAX_COMPARE
     assert [v for _, v in compare.choices] == list(methods.REGISTRY)
     ids = {b.elem_id for b in appmod.demo.blocks.values() if getattr(b, "elem_id", None)}
     for name, p in H.param_layout():

@@ -145,7 +145,7 @@ def test_empty_prompt_is_a_clear_message(page):
 def test_live_streams_text_and_tree(page):
     _tab(page, "Live")
     page.fill("#lk-live-prompt textarea", "Explain in a few sentences why the sky is blue.")
-    _set_slider(page, "#lk-live-max-new", 24)
+    _set_slider(page, "#lk-live-max-new", 16)
     page.click("#lk-live-run")
     seen = set()
     deadline = time.time() + 150
