@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -78,12 +79,33 @@ def steps_of(events: Any) -> list[Step]:
     return out
 
 
+_CDN_SCRIPT = re.compile(r"""<script[^>]*\bsrc=["']?https?://[^>]*>\s*</script>""")
+
+
+def _offline_renderer():
+    """plotly's "notebook" renderer (plotly.js inlined once per notebook, no CDN) minus the MathJax script it
+    always loads from a CDN (labkit's figures use no LaTeX)."""
+    from plotly.io._base_renderers import NotebookRenderer
+
+    class OfflineNotebookRenderer(NotebookRenderer):
+        def to_mimebundle(self, fig_dict):
+            bundle = super().to_mimebundle(fig_dict)
+            if "text/html" in bundle:
+                bundle["text/html"] = _CDN_SCRIPT.sub("", bundle["text/html"])
+            return bundle
+
+    return OfflineNotebookRenderer(connected=False)
+
+
 def init_notebook() -> None:
-    """Offline figures in Jupyter: JupyterLab's own plotly renderer (the mimetype) plus plotly.js inlined for
-    classic notebooks and HTML export. Never the CDN."""
+    """Offline figures in Jupyter: the plotly mimetype (drawn by JupyterLab's / VS Code's own plotly renderer)
+    plus HTML with plotly.js inlined once per notebook (classic frontends, HTML export). Nothing loads from a
+    CDN."""
     import plotly.io as pio
 
-    pio.renderers.default = "plotly_mimetype+notebook"
+    if "labkit_notebook" not in pio.renderers:
+        pio.renderers["labkit_notebook"] = _offline_renderer()
+    pio.renderers.default = "plotly_mimetype+labkit_notebook"
 
 
 def to_html(fig: go.Figure, path: str | None = None) -> str:
@@ -222,8 +244,11 @@ def _tree_traces(step: Step, *, index_labels: bool = False) -> list[go.Scatter]:
 def _tree_title(step: Step) -> str:
     if step.kind == "prefill":
         return f"Step {step.index} (prefill): the prompt is read, the first token is the target's own"
-    return (f"Step {step.index}: {len(step.nodes)} drafted, {step.n_accepted} accepted + bonus "
-            f"= {len(step.tokens)} token(s) for one target forward")
+    head = f"Step {step.index}: {len(step.nodes)} drafted, {step.n_accepted} accepted + bonus"
+    if len(step.tokens) < step.n_accepted + 1:  # cut at an end-of-sequence token or the token budget
+        why = "end of sequence" if step.finished == "eos" else "token budget"
+        return f"{head}: {len(step.tokens)} token(s) committed, cut at the {why}"
+    return f"{head} = {len(step.tokens)} token(s) for one target forward"
 
 
 def draft_tree(step: Step, *, title: str | None = None) -> go.Figure:
@@ -528,7 +553,18 @@ def register_state_view(name: str, fn: Callable[..., go.Figure], keys: Iterable[
         STATE_KEYS[name] = frozenset(keys)
 
 
-def _token_labeler(step: Step, token_text: Callable[[int], str] | None) -> Callable[[int], str]:
+def _as_token_text(token_text: Any) -> Callable[[int], str] | None:
+    """A token-id -> text function from a function, an LM (`token_texts`) or a Session (its `lm`)."""
+    if token_text is None or callable(token_text):
+        return token_text
+    lm = getattr(token_text, "lm", token_text)
+    if hasattr(lm, "token_texts"):
+        return lambda t: lm.token_texts([t])[0]
+    raise TypeError("token_text must be a function of a token id, an LM or a Session")
+
+
+def _token_labeler(step: Step, token_text: Any) -> Callable[[int], str]:
+    token_text = _as_token_text(token_text)
     known = {step.root: step.root_text, step.bonus: step.bonus_text}
     known.update({n.token: n.text for n in step.nodes if n.text})
     known = {k: v for k, v in known.items() if v}
@@ -654,17 +690,16 @@ def detect_method(step: Step) -> str | None:
     return None
 
 
-def method_state(step: Step, method: str | None = None, *, token_text: Callable[[int], str] | None = None
-                 ) -> go.Figure:
+def method_state(step: Step, method: str | None = None, *, token_text: Any = None) -> go.Figure:
     """What the method's own state did this round, by the method's registered renderer (`STATE_VIEWS`), or a
-    generic table / heatmap of Step.state. `method=None` guesses from the state's keys. `token_text` (e.g.
-    `lab.lm.token_texts([t])[0]`) labels token ids the step itself has no text for."""
+    generic table / heatmap of Step.state. `method=None` guesses from the state's keys. `token_text` (a
+    Session, an LM, or a function of a token id) labels token ids the step itself has no text for."""
     if not isinstance(step, Step):
         raise TypeError(f"method_state takes a Step, got {type(step).__name__}")
     name = method or detect_method(step)
     fn = STATE_VIEWS.get(name) if name else None
     if fn is not None:
-        return fn(step, token_text=token_text)
+        return fn(step, token_text=_as_token_text(token_text))
     return generic_state(step, token_text, title=f"Step {step.index}: {name or 'method'} state")
 
 

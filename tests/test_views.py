@@ -288,3 +288,16 @@ def test_views_on_a_real_run(tiny):
     labelled = lab.compare({"tr-2": ("token_recycling", {"nodes": 2}), "ar": "autoregressive"}, [1, 2, 3],
                            max_new_tokens=6)
     assert list(labelled) == ["tr-2", "ar"] and labelled["tr-2"].config["params"]["nodes"] == 2
+
+
+def test_init_notebook_renderers_are_offline():
+    import plotly.io as pio
+
+    before = pio.renderers.default
+    try:
+        views.init_notebook()
+        assert pio.renderers.default == "plotly_mimetype+labkit_notebook"
+        bundle = pio.renderers["labkit_notebook"].to_mimebundle(views.draft_tree(STEP).to_dict())
+        assert not re.search(r"<script[^>]*src=[\"']?https?:", bundle["text/html"])
+    finally:
+        pio.renderers.default = before
