@@ -123,7 +123,9 @@ def build(app: H.App) -> gr.Blocks:
     light = dict(concurrency_limit=None, show_progress="hidden")
     heavy = dict(concurrency_id="model", concurrency_limit=cfg.concurrency)
 
-    with gr.Blocks(title="labkit: watch fast decoding happen", analytics_enabled=False) as demo:
+    # delete_cache: files Gradio served (trace downloads, uploads) are removed after two hours
+    with gr.Blocks(title="labkit: watch fast decoding happen", analytics_enabled=False,
+                   delete_cache=(3600, 7200)) as demo:
         state = gr.State(H.Visitor)
         gr.Markdown(INTRO)
         with gr.Tabs():

@@ -832,10 +832,13 @@ class App:
             return None
         d = self.tmp / visitor.id
         d.mkdir(parents=True, exist_ok=True)
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:60].strip("_") or "run"
-        path = d / f"{slug}.jsonl"
+        path = d / f"{_slug(key)}.jsonl"
         if not path.exists():
             TR.save_trace(path, rec.config, rec.events)
+        keep = {f"{_slug(k)}.jsonl" for k in visitor.runs}
+        for old in d.glob("*.jsonl"):  # files of runs the visitor no longer has
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
         return str(path)
 
     def upload(self, visitor: Visitor, path: Any) -> ExplorerUpdate:
@@ -1089,6 +1092,10 @@ def sparsity_ready() -> str | None:
             return SPARSITY_MISSING
         if not VIEWS_SPARSITY.available("layer_map"):
             return SPARSITY_MISSING
+        import inspect
+
+        if "sparsity" not in inspect.signature(Session.stream).parameters:
+            return SPARSITY_MISSING
     except Exception as e:  # noqa: BLE001 - a half-installed package must not take the app down
         log.exception("labkit.sparsity failed to import")
         return f"{SPARSITY_MISSING} (it failed to import: {type(e).__name__})"
@@ -1112,6 +1119,10 @@ def sparsity_md(steps: list[Step], frames: list) -> str:
     if m is not None:
         parts.append(f"{m.new_tokens} tokens, {m.tokens_per_s:.1f} tok/s")
     return " · ".join(parts) + f" (mean over {len(dec)} decode rounds)"
+
+
+def _slug(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:60].strip("_") or "run"
 
 
 def _num(x: float | None) -> str:

@@ -1,6 +1,7 @@
 """The app's handlers, driven directly (they are generators over Steps): no server, no browser, tiny models."""
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -414,7 +415,10 @@ def test_runs_are_capped(app):
     v = H.Visitor()
     for _ in range(3):
         live(app, v, max_new_tokens=4)
+        app.trace_file(v, v.selected)
     assert list(v.runs) == [k for k in v.runs if not k.startswith("1.")] and len(v.runs) == 2
+    files = {Path(app.trace_file(v, k)).name for k in v.runs}
+    assert {p.name for p in (app.tmp / v.id).glob("*.jsonl")} == files  # dropped runs' files are gone too
 
 
 # ---- Bench, Sparsity, config --------------------------------------------------------------------------------
