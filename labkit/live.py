@@ -18,6 +18,7 @@ replays it. Events that are not Steps (e.g. sparsity frames) are kept but not dr
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from typing import Any, Callable
@@ -35,11 +36,12 @@ def _in_kernel() -> bool:
     return ip is not None and getattr(ip, "kernel", None) is not None
 
 
-def sync_figure(fw, fig) -> None:
+def sync_figure(fw, fig, *, replace: bool = False) -> None:
     """Make FigureWidget `fw` show Figure `fig`: traces updated in place when the structure matches (the views
-    keep a fixed trace order for that), replaced otherwise; the layout is overwritten."""
+    keep a fixed trace order for that), replaced otherwise (or with `replace=True`); the layout is overwritten."""
     with fw.batch_update():
-        same = len(fw.data) == len(fig.data) and all(a.type == b.type for a, b in zip(fw.data, fig.data))
+        same = (not replace and len(fw.data) == len(fig.data)
+                and all(a.type == b.type for a, b in zip(fw.data, fig.data)))
         if same:
             for a, b in zip(fw.data, fig.data):
                 d = b.to_plotly_json()
@@ -53,6 +55,12 @@ def sync_figure(fw, fig) -> None:
         for key in ("shapes", "annotations"):
             lay.setdefault(key, [])
         fw.update_layout(lay, overwrite=True)
+    # The update messages above reach only views that exist, and the browser drops those that arrive before
+    # the widget's model has loaded (a live run starts drawing before its output is displayed; a replay draws
+    # before it). A view renders from the synced state `_widget_data` / `_widget_layout`, which plotly sets
+    # only at construction: keep it current, so every view, however late, starts from the latest figure.
+    fw._widget_data = copy.deepcopy(fw._data)
+    fw._widget_layout = copy.deepcopy(fw._layout)
 
 
 class LiveView:
@@ -90,9 +98,7 @@ class LiveView:
         W.jslink((self.play, "value"), (self.slider, "value"))
         self.slider.observe(self._on_slider, names="value")
         self.stream = W.HTML(value="")
-        self.tree_fig = go.FigureWidget()
-        self.stats_fig = go.FigureWidget()
-        self.state_fig = go.FigureWidget()
+        self.tree_fig, self.stats_fig, self.state_fig = go.FigureWidget(), go.FigureWidget(), go.FigureWidget()
         parts = [W.HBox([self.stop_button, self.status]), self.stream, W.HBox([self.play, self.slider]),
                  self.tree_fig, self.stats_fig]
         if show_state:

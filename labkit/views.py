@@ -351,7 +351,7 @@ def token_stream_html(steps: Iterable[Any], *, autoregressive: bool = False) -> 
     steps = steps_of(steps)
     spans = ST.spans(steps, autoregressive=autoregressive)
     out = ['<div class="labkit-stream" style="font-family:DejaVu Sans Mono,Menlo,Consolas,monospace;'
-           'white-space:pre-wrap;line-height:1.7;font-size:14px">']
+           'white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.7;font-size:14px">']
     for sp in spans:
         title = html.escape(f"{PROVENANCE_LABELS.get(sp.provenance, sp.provenance)} · step {sp.step} · "
                             f"{sp.text!r} (id {sp.token})", quote=True)
@@ -634,7 +634,9 @@ def token_recycling_state(step: Step, token_text: Callable[[int], str] | None = 
                                hoverinfo="text", zmin=-0.5, zmax=n + 0.5, colorscale=scale, showscale=False,
                                xgap=2, ygap=2, name="rows read"))
     fig.update_layout(
-        title=dict(text=(f"Token Recycling, step {step.index}: {len(keys)} adjacency rows read "
+        title=dict(text=(f"Token Recycling, step {step.index}: {len(keys)} adjacency rows read for a "
+                         f"{st.get('template_nodes', len(step.nodes))}-node template "
+                         f"({'sized to the device' if 'sizing' in st else 'fixed'}) "
                          f"(green accepted, red rejected, grey not reached, blue = the bonus); after verify "
                          f"{st.get('rows_updated', 0)} rows updated, {st.get('rows_changed', 0)} changed, "
                          f"{st.get('matrix_rows_known', 0)} rows known"), font=dict(size=12)),

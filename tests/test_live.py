@@ -135,3 +135,16 @@ def test_replay_from_a_trace_file_with_foreign_events(lab, tmp_path):
     assert lv3.autoregressive is False and lv3.slider.max == len(run.steps) - 1
     empty = LiveView.replay([Frame()])
     assert empty.slider.disabled and "no steps" in empty.status.value
+
+
+def test_the_synced_state_for_new_views_is_the_latest_figure():
+    """plotly's update messages reach only existing views; a view created later renders `_widget_data` /
+    `_widget_layout`, which must therefore follow every draw."""
+    lv = LiveView(min_interval=0)
+    for s in steps_run():
+        lv.process(s)
+    fw = lv.tree_fig
+    assert fw._widget_data == fw._data and fw._widget_layout == fw._layout
+    assert sum(len(t.get("x", ())) for t in fw._widget_data if "markers" in t.get("mode", "")) == len(
+        steps_run()[-1].nodes) + 2
+    assert fw.get_state()["_widget_layout"]["title"]["text"].startswith("Step 4")
