@@ -99,6 +99,7 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=1, help="questions run first and not counted")
     p.add_argument("--sparsity", default=None, metavar="POLICIES",
                    help="benchmark KV-sparsity policies instead (comma-separated; see labkit.sparsity)")
+    __import__("labkit.sparsity.bench", fromlist=["add_arguments"]).add_arguments(p)  # --budgets etc. (issue 4)
 
 
 def main(args) -> int:

@@ -97,11 +97,20 @@ class Session:
     def stream(self, method: str | engine.Method, prompt: str | list[int], *, max_new_tokens: int = 128,
                sampling: S.SamplingConfig | None = None, chat: bool = True, detail: bool = True,
                trace: str | None = None, should_stop: Callable[[], bool] | None = None,
-               params: dict | None = None) -> Iterator[Step]:
+               params: dict | None = None, sparsity: Any = None) -> Iterator[Step]:
         """Steps as the model decodes (bad input raises here, before anything runs); with `trace=path`, the
-        steps are also written to a JSON-lines trace as they come."""
+        steps are also written to a JSON-lines trace as they come. With `sparsity=` (a policy name, a
+        `labkit.sparsity.Policy` or `labkit.sparsity.Options`), the decode runs under that KV-selection policy
+        and each Step is followed by its `labkit.sparsity.SparsityFrame`."""
         m, ids, cfg = self.prepare(method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, chat=chat,
                                    params=params)
+        if sparsity is not None:
+            from . import sparsity as SP
+
+            events = SP.decode(self.lm, m, ids, sparsity, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
+                               detail=detail, should_stop=should_stop)
+            cfg = {**cfg, "sparsity": SP.describe(sparsity)}
+            return events if trace is None else _tee(events, trace, cfg)
         steps = engine.decode(self.lm, m, ids, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
                               detail=detail, should_stop=should_stop)
         return steps if trace is None else _tee(steps, trace, cfg)

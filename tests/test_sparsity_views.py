@@ -1,0 +1,75 @@
+"""Sparsity views on hand-made frames: the figure data (heatmap values, downsampling, residency codes,
+fidelity series), not HTML."""
+import math
+
+import pytest
+
+from labkit.sparsity import views
+from labkit.sparsity.frames import AttnRow, HeadFrame, LayerFrame, SparsityFrame, residency
+from labkit.trace import event_from_json, event_to_json
+
+
+def frame(step=1, kv_len=4, kept0=((0, 1), (3, 4)), kl=0.1):
+    h0 = HeadFrame(head=0, kept=kept0, n_kept=2, recall=(0.75,), rows=(AttnRow(full=(0.5, 0, 0, 0.25, 0.25)),))
+    h1 = HeadFrame(head=1, kept=((0, kv_len),), n_kept=kv_len, recall=(1.0,),
+                   rows=(AttnRow(full=(0.1, 0.2, 0.3, 0.2, 0.2)),))
+    top = HeadFrame(head=0, kept=((0, kv_len),), n_kept=kv_len, recall=(1.0,),
+                    rows=(AttnRow(top=(0, 3), weights=(0.6, 0.3), mass=0.9),))
+    return SparsityFrame(step=step, kind="decode", policy="h2o(budget=2)", kv_len=kv_len, queries=(kv_len,),
+                         layers=(LayerFrame(0, (h0, h1)), LayerFrame(2, (top,))), kv_kept=((2, 4), (4, 4), (4, 4)),
+                         recall=0.9, kl=kl, top1=1.0)
+
+
+def close(a, b):
+    return all(math.isclose(x, y, abs_tol=1e-9) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+def test_frame_round_trip_and_totals():
+    f = frame()
+    assert event_from_json(event_to_json(f)) == f
+    assert f.kv_kept_total == 22 and f.kv_dense_total == 24 and f.kv_ratio == pytest.approx(22 / 24)
+
+
+def test_layer_map_attention_and_kept():
+    fig = views.layer_map(frame())
+    hm = fig.data[0]
+    assert list(hm.y) == [0, 2] and list(hm.x) == [0, 1, 2, 3, 4]
+    assert close(hm.z[0], [0.3, 0.1, 0.15, 0.225, 0.225])  # mean of the two heads
+    assert close(hm.z[1], [0.6, 0, 0, 0.3, 0])  # a top-k row: only its stored weights
+    kept = views.layer_map(frame(), what="kept").data[0]
+    assert close(kept.z[0], [1, 0.5, 0.5, 1, 1])  # the round's own token (position 4) is always read
+    one = views.layer_map(frame(), head=1).data[0]
+    assert list(one.y) == [0] and close(one.z[0], [0.1, 0.2, 0.3, 0.2, 0.2])
+
+
+def test_head_map_and_downsampling():
+    hm = views.head_map(frame(), layer=0, max_positions=2).data[0]
+    assert list(hm.x) == [0, 3]  # bins of 3 positions
+    assert close(hm.z[0], [0.5, 0.5]) and close(hm.z[1], [0.6, 0.4])  # attention mass per bin
+    kept = views.head_map(frame(), layer=0, what="kept", max_positions=2).data[0]
+    assert close(kept.z[0], [1 / 3, 1.0])  # share of the bin kept
+    with pytest.raises(ValueError, match="layer 1"):
+        views.head_map(frame(), layer=1)
+
+
+def test_residency_record_and_timeline():
+    frames = [frame(1, 4, ((0, 1), (3, 4))), frame(2, 5, ((0, 1), (4, 5)))]
+    res = residency(frames, layer=0, head=0)
+    assert res.cells == ((1.0, 0.0, 0.0, 1.0, -1.0), (1.0, 0.0, 0.0, 0.0, 1.0))
+    assert res.counts() == {"kept": 4, "evicted": 5, "never_seen": 1}
+    hm = views.residency_timeline(["not a frame"] + frames, layer=0, head=0).data[0]
+    assert list(hm.y) == [1, 2]
+    assert list(hm.z[0][:4]) == [1.0, 0.0, 0.0, 1.0] and math.isnan(hm.z[0][4])  # never seen: NaN (grey)
+    agg = residency(frames, layer=0)  # both heads of layer 0: the share keeping each position
+    assert agg.cells[0][:4] == (1.0, 0.5, 0.5, 1.0)
+
+
+def test_fidelity_and_kv_views():
+    frames = [frame(1, kl=0.1), frame(2, kl=None)]
+    fig = views.fidelity(frames)
+    names = [t.name for t in fig.data]
+    assert names == ["recall", "top-1 agreement", "KV kept / dense", "KL (nats)"]
+    assert list(fig.data[0].y) == [0.9, 0.9]
+    assert fig.data[3].y[0] == 0.1 and math.isnan(fig.data[3].y[1])  # not measured: a gap
+    bars = views.kv_by_layer(frame())
+    assert list(bars.data[0].y) == [8, 8, 8] and list(bars.data[1].y) == [6, 8, 8]
