@@ -12,8 +12,15 @@ from .autoregressive import Autoregressive
 from .draft_model import DraftModel
 from .prompt_lookup import PromptLookup
 from .token_recycling import TokenRecycling
+# training-free draft sources (issue 3)
+from .aded import Aded
+from .copy_spec import CopySpec
+from .early_exit import EarlyExit
+from .lookahead import Lookahead
+from .swift import Swift
 
 _METHODS: list[type[Method]] = [Autoregressive, PromptLookup, TokenRecycling, DraftModel]
+_METHODS += [Aded, Lookahead, CopySpec, Swift, EarlyExit]  # training-free draft sources
 
 REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}
 

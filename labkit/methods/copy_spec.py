@@ -1,0 +1,120 @@
+"""Copy drafts: propose the continuation of the longest earlier span that matches the current suffix.
+
+Dumitru et al., "CopySpec: Accelerating LLMs with Speculative Copy-and-Paste Without Compromising Quality"
+(2025, arXiv:2502.08923); in the line of aggressive decoding (Ge et al., "Lossless Acceleration for Seq2seq
+Generation with Aggressive Decoding", 2022, arXiv:2205.10350). Lossless: the copied chain is verified by
+the target; it has no draft distribution (point masses), so the default rule keeps sampling exact.
+
+How it differs from `prompt_lookup` (kept as the simple baseline): prompt lookup takes the most recent
+occurrence of a suffix n-gram of at most `max_ngram` tokens and copies a fixed number of tokens. Here:
+
+- every `min_match`-gram of the context (prompt and generated text) is hashed into an index as it appears
+  (CopySpec's rolling hash table), so a lookup costs one dictionary probe per round;
+- among the earlier occurrences of the last `min_match` tokens, the match is extended backwards token by
+  token and the LONGEST one wins (ties: the most recent), so the copy source is the span that agrees with
+  the most context;
+- the copy length adapts: a fully accepted copy doubles the next one (up to `max_len`); a partly rejected
+  copy sets it to what was accepted plus one. A long verbatim repeat is thus copied in few rounds, while free
+  text wastes few verify positions.
+Approximation: CopySpec copies inside a standard draft-model pipeline; here the copy is the only draft source.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine import Method, Proposal, Verified
+from ..params import param
+
+
+@dataclass
+class CopySpecParams:
+    min_match: int = param(1, "shortest suffix match that is copied (CopySpec's gamma; 3-5 copies less often but "
+                              "more surely)", lo=1, hi=16)
+    init_len: int = param(6, "tokens copied in the first round of a generation", lo=1, hi=64)
+    max_len: int = param(16, "longest copy (a GPU verifies 32-64 tokens at the cost of one; raise it there)",
+                         lo=1, hi=128)
+    max_candidates: int = param(32, "most recent occurrences examined per lookup", lo=1, hi=1024)
+    max_extend: int = param(256, "how far back a match is extended when ranking occurrences", lo=1, hi=4096)
+
+
+class SpanIndex:
+    """Positions of every k-gram of a growing token list, for longest-suffix-match lookups."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.tokens: list[int] = []
+        self.ends: dict[tuple[int, ...], list[int]] = {}  # k-gram -> end positions (inclusive), oldest first
+
+    def sync(self, seq: list[int]) -> None:
+        """Index the tokens of `seq` not seen yet (re-index from scratch if `seq` is not an extension)."""
+        n_old = len(self.tokens)
+        if len(seq) < n_old or (n_old and seq[n_old - 1] != self.tokens[-1]):
+            self.tokens, self.ends, n_old = [], {}, 0
+        self.tokens.extend(seq[n_old:])
+        k = self.k
+        for end in range(max(n_old, k - 1), len(self.tokens)):
+            self.ends.setdefault(tuple(self.tokens[end - k + 1:end + 1]), []).append(end)
+
+    def longest_match(self, max_candidates: int, max_extend: int) -> tuple[int, int]:
+        """(end, length): the earlier span ending at `end` that matches the longest suffix of the tokens
+        (at least k long, at most max_extend), ties to the most recent; (-1, 0) if none. Only spans with
+        at least one token after them count."""
+        toks = self.tokens
+        n = len(toks)
+        if n <= self.k:
+            return -1, 0
+        cands = [e for e in self.ends.get(tuple(toks[n - self.k:]), ()) if e < n - 1][-max_candidates:]
+        best_end, best_len = -1, 0
+        for e in reversed(cands):  # most recent first, so a tie keeps the most recent
+            length = self.k
+            while length < max_extend and e - length >= 0 and toks[e - length] == toks[n - 1 - length]:
+                length += 1
+            if length > best_len:
+                best_end, best_len = e, length
+        return best_end, best_len
+
+
+class CopySpec(Method):
+    name = "copy_spec"
+    title = "Copy drafts (CopySpec / aggressive decoding)"
+    paper = ("Dumitru et al. 2025, CopySpec: Accelerating LLMs with Speculative Copy-and-Paste (arXiv:2502.08923); "
+             "Ge et al. 2022, Lossless Acceleration for Seq2seq Generation with Aggressive Decoding (arXiv:2205.10350)")
+    lossless = True
+    Params = CopySpecParams
+
+    def __init__(self, lm, params=None):
+        super().__init__(lm, params)
+        self.reset()
+
+    def reset(self) -> None:
+        self.index = SpanIndex(self.params.min_match)
+        self.length = self.params.init_len
+
+    def start(self, prompt, sampling) -> None:
+        self.reset()
+
+    def propose(self, seq, sampling, generator) -> Proposal:
+        p = self.params
+        self.index.sync(seq)
+        end, match = self.index.longest_match(p.max_candidates, p.max_extend)
+        if end < 0:
+            return Proposal(state={"match_len": 0, "copy_len": self.length})
+        cont = self.index.tokens[end + 1:end + 1 + self.length]
+        return Proposal(tokens=cont, parents=list(range(-1, len(cont) - 1)),
+                        state={"match_len": match, "match_end": end, "copy_len": self.length, "copied": len(cont)})
+
+    def observe(self, v: Verified) -> dict:
+        n = len(v.proposal.tokens)
+        if n == 0:
+            return {}
+        p = self.params
+        before = self.length
+        if len(v.path) == n:
+            self.length = min(p.max_len, max(self.length, n) * 2)
+        else:
+            self.length = min(p.max_len, len(v.path) + 1)
+        return {"next_copy_len": self.length, "copy_len_change": self.length - before}
+
+    def describe(self) -> str:
+        p = self.params
+        return f"Copy drafts: longest earlier match (>= {p.min_match} tokens), adaptive copy of up to {p.max_len}"
