@@ -15,8 +15,11 @@ install:
 install-test:
 	PYTHON=$(PYTHON) scripts/install.sh --test
 
+# Spec-Bench speed run on the embedded SmolLM2 (see docs/benchmark.md for the full commands and tables).
+# Resumable: re-running skips the questions already in the output file (FRESH=--fresh starts over).
 bench: install
-	$(PYTHON) -m labkit.cli bench --methods autoregressive,prompt_lookup,token_recycling --n 3
+	$(PYTHON) -m labkit.cli bench --methods autoregressive,prompt_lookup:sizing=auto,token_recycling --n 3 \
+		--trace-overhead autoregressive,token_recycling --out runs/bench/smollm2-float32.jsonl $(FRESH)
 
 # The Gradio app on the embedded SmolLM2: http://127.0.0.1:7860 (ARGS="--port 8080 --host 0.0.0.0 --models ...")
 app: install

@@ -137,9 +137,10 @@ class Target:
         self.window = _sliding_window(lm.config)
         self._keep_arg = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._blocks: dict[tuple[int, ...], torch.Tensor] = {}  # tree part of the mask, per tree shape
+        self.device, self.dtype = lm.device, lm.dtype  # looked up once: the properties walk the parameters
 
     def _forward(self, ids: list[int], positions: list[int], mask, keep_last: bool = False) -> torch.Tensor:
-        dev = self.lm.device
+        dev = self.device
         kwargs: dict[str, Any] = dict(
             input_ids=torch.tensor([ids], device=dev),
             position_ids=torch.tensor([positions], device=dev),
@@ -161,7 +162,7 @@ class Target:
         """The 4D mask for a tree (None for a chain: the model's causal mask is the tree mask)."""
         if T.is_chain(parents):
             return None
-        dev, dt = self.lm.device, self.lm.dtype
+        dev, dt = self.device, self.dtype
         if self.window is None:
             # = T.attention_mask(parents, self.kv_len): the prefix columns are all zeros and the tree block
             # depends only on the shape, so the block is built once per shape (on the device) and copied in.

@@ -26,7 +26,8 @@ Plugging a draft method in (prompt lookup does exactly this; see docs/benchmark.
     n = self.sizer.length()                                          # in propose: the draft length to use
     ... draft up to n tokens ...; Proposal(state={..., "sizing": self.sizer.state()})
     self.sizer.observe(len(prop.tokens), len(v.path))                # in observe
-    self.sizer.add_overhead(seconds)                                 # optional: the method's own cost per round
+    self.sizer.overhead.add(seconds)                                 # optional: the method's own cost per round
+                                                                     # (timed with self.sizer.clock())
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import hashlib
 import json
 import os
 import platform
-import statistics
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,15 +45,16 @@ import numpy as np
 import torch
 
 # Query-token counts measured (the root included); t(n) for other sizes is interpolated linearly.
-SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 72, 81)
-CACHE_VERSION = 2
+SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 81)
+CACHE_VERSION = 4
 
 
 # ---- the latency curve -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LatencyCurve:
-    """Median seconds of one verify forward over `tokens[i]` query tokens (root + drafted nodes)."""
+    """Seconds of one verify forward over `tokens[i]` query tokens (root + drafted nodes): the fastest of the
+    repeats (contention only ever adds time), made non-decreasing in the token count."""
 
     tokens: tuple[int, ...]
     seconds: tuple[float, ...]
@@ -118,15 +120,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_clock(device: torch.device):
+    """`time.process_time` when the model runs on the CPU with ONE torch thread: then the process's CPU time is
+    the forward's own cost, unaffected by other jobs taking turns on the cores (wall time is not). None
+    otherwise (on a GPU, or with several threads whose spin-waits would count as CPU time)."""
+    return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else None
+
+
 def _bench_tree(nodes: int) -> list[int]:
     """A bushy tree (node i hangs under node i // 2 - 1): exercises the 4D tree mask like real drafts do."""
     return [(i + 1) // 2 - 1 for i in range(nodes)]
 
 
 @torch.inference_mode()
-def measure(lm, sizes: Sequence[int] = SIZES, *, kv_len: int = 256, repeats: int = 5) -> LatencyCurve:
+def measure(lm, sizes: Sequence[int] = SIZES, *, kv_len: int = 256, repeats: int = 7) -> LatencyCurve:
     """Time one verify forward per size (tree mask, `kv_len` tokens of context), `repeats` rounds over all
-    sizes interleaved (so drift hits every size alike), after a warm-up; median per size."""
+    sizes, each round in a new random order (so drift and the scheduler's time slices hit every size alike),
+    after a warm-up. Per size the minimum (noise from other
+    work on the machine only ever adds time), then a running maximum over sizes (more tokens never cost less
+    in the model; an occasional cheaper big GEMM is not worth betting a tree on)."""
     from .engine import Target
 
     sizes = sorted({int(s) for s in sizes if s >= 1})
@@ -140,26 +152,29 @@ def measure(lm, sizes: Sequence[int] = SIZES, *, kv_len: int = 256, repeats: int
     target = Target(lm)
     target.prefill(prefix)
     root = prefix[-1]
+    clock = cpu_clock(lm.device) or time.perf_counter
 
     def once(q_tokens: int) -> float:
         nodes = q_tokens - 1
         synchronize(lm.device)
-        t0 = time.perf_counter()
+        t0 = clock()
         target.verify(root, draft[:nodes], _bench_tree(nodes))
         synchronize(lm.device)
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         target.cache.crop(-(nodes + 1))  # back to the prefix
         return dt
 
     for s in (1, sizes[len(sizes) // 2], sizes[-1], 1):  # warm-up: allocator, kernels, caches
         once(s)
     samples: list[tuple[int, float]] = []
+    order = random.Random(0)
     for _ in range(repeats):
-        for s in sizes:
+        for s in order.sample(sizes, len(sizes)):
             samples.append((s, once(s)))
-    med = [statistics.median(t for n, t in samples if n == s) for s in sizes]
+    samples.sort(key=lambda x: x[0])
+    best = np.maximum.accumulate([min(t for n, t in samples if n == s) for s in sizes]).tolist()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return LatencyCurve(tokens=tuple(sizes), seconds=tuple(med), key=curve_key(lm), kv_len=kv_len,
+    return LatencyCurve(tokens=tuple(sizes), seconds=tuple(best), key=curve_key(lm), kv_len=kv_len,
                         samples=tuple(samples), measured_at=time.strftime("%Y-%m-%d %H:%M:%S"), load=load)
 
 
@@ -177,7 +192,8 @@ def latency_curve(lm, *, refresh: bool = False, max_tokens: int = SIZES[-1], log
     path = cache_path(key)
     if not refresh and path.exists():
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("version") == CACHE_VERSION and data["tokens"][-1] >= min(max_tokens, SIZES[-1]):
+        if data.get("version") == CACHE_VERSION and data["tokens"][-1] >= min(max_tokens, SIZES[-1]) \
+                and not _quieter_now(data.get("load"), lm.device):
             return LatencyCurve.from_json(data)
     if log is not None:
         log(f"[labkit] measuring {lm.name}'s verify latency for 1..{max_tokens} tokens on "
@@ -189,6 +205,15 @@ def latency_curve(lm, *, refresh: bool = False, max_tokens: int = SIZES[-1], log
     tmp.write_text(json.dumps(curve.to_json()), encoding="utf-8")
     os.replace(tmp, path)
     return curve
+
+
+def _quieter_now(load_then: float | None, device: torch.device) -> bool:
+    """A CPU curve measured while the machine was oversubscribed (load above the core count) is re-measured
+    once the load has at least halved: contention inflates and distorts it."""
+    if device.type != "cpu" or load_then is None or not hasattr(os, "getloadavg"):
+        return False
+    cores = os.cpu_count() or 1
+    return load_then > cores and os.getloadavg()[0] < load_then / 2
 
 
 # ---- the decision ----------------------------------------------------------------------------------
@@ -207,8 +232,9 @@ class Choice:
                     self.tokens_per_s / self.plain_tokens_per_s, 3) if self.plain_tokens_per_s else None}
 
 
-def choose(expected: Sequence[float], latency: Sequence[float], overhead: float | Sequence[float] = 0.0) -> Choice:
-    """Pick n maximising expected[n] / (latency[n] + overhead[n]) (overhead counts only for n > 0).
+def choose(expected: Sequence[float], latency: Sequence[float], overhead: float | Sequence[float] = 0.0,
+           min_nodes: int = 0) -> Choice:
+    """Pick n >= min_nodes maximising expected[n] / (latency[n] + overhead[n]) (overhead only counts for n > 0).
 
     `expected[n]` = E(tokens per round) with n drafted nodes (expected[0] = 1); `latency[n]` = t(n). Ties go to
     the smaller n."""
@@ -221,7 +247,9 @@ def choose(expected: Sequence[float], latency: Sequence[float], overhead: float 
         np.asarray(overhead[:m], dtype=float)
     cost = lat + np.where(np.arange(m) > 0, over, 0.0)
     rate = exp / np.maximum(cost, 1e-12)
-    best = int(np.argmax(rate >= rate.max() * (1 - 1e-9)))  # first (smallest) n within rounding of the max
+    lo = min(min_nodes, m - 1)
+    top = rate[lo:].max()
+    best = lo + int(np.argmax(rate[lo:] >= top * (1 - 1e-9)))  # first (smallest) n within rounding of the max
     return Choice(nodes=best, expected_tokens=float(exp[best]), seconds=float(cost[best]),
                   tokens_per_s=float(rate[best]), plain_tokens_per_s=float(rate[0]))
 
@@ -337,6 +365,8 @@ class Overhead:
     seen: int = 0
 
     def add(self, seconds: float) -> None:
+        if self.seen >= 5:  # a preempted round is not the method's cost: clip outliers
+            seconds = min(seconds, 3 * self.seconds)
         self.seconds = seconds if self.seen == 0 else (1 - self.alpha) * self.seconds + self.alpha * seconds
         self.seen += 1
 
@@ -355,21 +385,31 @@ class _Lazy:
         return self.table
 
 
+def clock_for(lm) -> Callable[[], float]:
+    """The clock a method times its own overhead with: the same one the latency curve was measured with."""
+    device = getattr(lm, "device", None)
+    return (cpu_clock(device) if device is not None else None) or time.perf_counter
+
+
 class TreeSizer:
     """Chooses the tree (size AND shape) for rank-ordered templates: the template paths ordered by estimated
     probability of acceptance, cut at the size that maximises expected tokens per second."""
 
     def __init__(self, lm, candidates: Sequence[tuple[int, ...]], k: int, max_nodes: int,
-                 prior: Sequence[float] = (), every: int = 4, curve: LatencyCurve | None = None):
+                 prior: Sequence[float] = (), every: int = 4, curve: LatencyCurve | None = None, probe: int = 8):
         self.candidates = [tuple(c) for c in candidates]
         self.max_nodes = min(max_nodes, len(self.candidates))
         depth = max((len(c) for c in self.candidates), default=1)
         self.acceptance = RankAcceptance(k, max_depth=depth, prior=prior)
         self.overhead = Overhead()
+        self.clock = clock_for(lm)
         self.every = every
         self._lat = _Lazy(lm, self.max_nodes, curve, curve.table(self.max_nodes) if curve is not None else None)
+        self.probe = probe
         self._rounds = 0
         self._current: tuple[list[tuple[int, ...]], Choice] | None = None
+        self._probing = False
+        self._idle = 0  # rounds in a row without a draft
 
     @property
     def curve(self) -> LatencyCurve:
@@ -380,39 +420,56 @@ class TreeSizer:
         self.acceptance.reset()
         self._current = None
         self._rounds = 0
+        self._idle = 0
 
     def choose(self) -> tuple[list[tuple[int, ...]], Choice]:
         """The template paths to draft this round (prefix-closed, BFS order) and the decision behind them."""
-        if self._current is None or self._rounds % self.every == 0:
+        if self._current is None or self._rounds % self.every == 0 or self._probing:  # a probe lasts one round
             probs = self.acceptance.path_probs(self.candidates)
             order = sorted(range(len(self.candidates)),
                            key=lambda i: (-probs[i], len(self.candidates[i]), self.candidates[i]))
             ranked = [self.candidates[i] for i in order][: self.max_nodes]
             expected = 1.0 + np.concatenate([[0.0], np.cumsum(probs[order][: self.max_nodes])])
-            choice = choose(expected, self._lat.get(), self.overhead.seconds)
+            table = self._lat.get()
+            choice = choose(expected, table, self.overhead.seconds)
+            if choice.nodes == 0 and self.probe and self._idle >= self.probe - 1:
+                # plain decoding was chosen: still verify the best tree now and then, so the estimate of every
+                # depth stays fresh (a probe costs at most 1/probe of a tree's extra latency per round)
+                choice = choose(expected, table, self.overhead.seconds, min_nodes=1)
+                self._probing = True
+            else:
+                self._probing = False
             paths = _prefix_closed(ranked[: choice.nodes])
             self._current = (sorted(paths, key=lambda c: (len(c), c)), choice)
         self._rounds += 1
+        self._idle = 0 if self._current[1].nodes else self._idle + 1
         return self._current
 
     def state(self) -> dict:
         choice = self._current[1] if self._current else None
         out = choice.state() if choice else {}
         out["overhead_ms"] = round(self.overhead.seconds * 1e3, 3)
+        if getattr(self, "_probing", False):
+            out["probe"] = True
         return out
 
 
 class ChainSizer:
     """Chooses the draft length of chain drafts (prompt lookup, draft models, ...)."""
 
-    def __init__(self, lm, max_len: int, prior: float = 0.5, every: int = 1, curve: LatencyCurve | None = None):
+    def __init__(self, lm, max_len: int, prior: float = 0.5, every: int = 1, curve: LatencyCurve | None = None,
+                 probe: int = 8):
         self.max_len = max_len
         self.acceptance = ChainAcceptance(max_len, prior=prior)
         self.overhead = Overhead()
+        self.clock = clock_for(lm)
         self.every = every
+        self.probe = probe
         self._lat = _Lazy(lm, max_len, curve, curve.table(max_len) if curve is not None else None)
         self._rounds = 0
         self._current: Choice | None = None
+        self._probing = False
+        self._idle = 0  # rounds in a row without a draft
 
     @property
     def curve(self) -> LatencyCurve:
@@ -423,11 +480,17 @@ class ChainSizer:
         self.acceptance.reset()
         self._current = None
         self._rounds = 0
+        self._idle = 0
 
     def length(self) -> int:
         if self._current is None or self._rounds % self.every == 0:
-            self._current = choose(self.acceptance.expected(), self._lat.get(), self.overhead.seconds)
+            expected, table = self.acceptance.expected(), self._lat.get()
+            self._current = choose(expected, table, self.overhead.seconds)
+            self._probing = self._current.nodes == 0 and bool(self.probe) and self._idle >= self.probe - 1
+            if self._probing:  # see TreeSizer.choose
+                self._current = choose(expected, table, self.overhead.seconds, min_nodes=1)
         self._rounds += 1
+        self._idle = 0 if self._current.nodes else self._idle + 1
         return self._current.nodes
 
     def observe(self, proposed: int, accepted: int) -> None:
@@ -437,6 +500,8 @@ class ChainSizer:
     def state(self) -> dict:
         out = self._current.state() if self._current else {}
         out["overhead_ms"] = round(self.overhead.seconds * 1e3, 3)
+        if self._probing:
+            out["probe"] = True
         return out
 
 

@@ -4,14 +4,13 @@ Saxena, "Prompt Lookup Decoding" (2023), https://github.com/apoorvumang/prompt-l
 the same idea as transformers' `PromptLookupCandidateGenerator`. Lossless (drafts are verified; no draft
 distribution, so the point-mass rejection rule keeps sampling exact).
 
-With `sizing=auto` (default) the draft length is chosen every round by `labkit.sizing.ChainSizer`: the length
+With `sizing=auto` (off by default: the original method copies `draft_len` tokens) the draft length is chosen every round by `labkit.sizing.ChainSizer`: the length
 (0 .. draft_len) that maximises expected tokens per second given this device's measured latency curve and the
 per-depth acceptance observed so far. When copying stops paying it drafts nothing (plain decoding) but keeps
 looking the continuation up, and learns from whether its first token was the one the target produced.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +25,9 @@ class PromptLookupParams:
     max_ngram: int = param(3, "longest suffix n-gram to look up", lo=1, hi=8)
     min_ngram: int = param(1, "shortest suffix n-gram to look up", lo=1, hi=8)
     draft_len: int = param(10, "tokens copied after the match (with sizing=auto: the most it may copy)", lo=1, hi=64)
-    sizing: str = param("auto", "auto: draft length from the measured latency curve and the observed acceptance "
-                                "(down to no draft); off: always up to draft_len", choices=("auto", "off"))
+    sizing: str = param("off", "auto: draft length from the measured latency curve and the observed acceptance "
+                               "(down to no draft); off: always up to draft_len (the original method)",
+                        choices=("auto", "off"))
 
 
 def find_continuation(seq: list[int], max_ngram: int, min_ngram: int, length: int) -> tuple[list[int], int, int]:
@@ -66,7 +66,7 @@ class PromptLookup(Method):
         p = self.params
         if p.min_ngram > p.max_ngram:
             raise ValueError("min_ngram must not exceed max_ngram")
-        t0 = time.perf_counter()
+        t0 = self.sizer.clock() if self.sizer is not None else 0.0
         length = self.sizer.length() if self.sizer is not None else p.draft_len
         cont, n, start = find_continuation(seq, p.max_ngram, p.min_ngram, max(length, 1))
         state = {"ngram": n, "match_at": start} if cont else {"ngram": 0}
@@ -76,17 +76,17 @@ class PromptLookup(Method):
             if length == 0:  # not drafting this round; remember the would-be first token to learn from it
                 self._shadow = cont[0] if cont else None
                 cont = []
-        self._t_propose = time.perf_counter() - t0
+        self._t_propose = (self.sizer.clock() - t0) if self.sizer is not None else 0.0
         return Proposal(tokens=cont, parents=list(range(-1, len(cont) - 1)), state=state)
 
     def observe(self, v: Verified) -> dict:
         if self.sizer is None:
             return {}
-        t0 = time.perf_counter()
+        t0 = self.sizer.clock()
         if v.proposal.tokens:
             self.sizer.observe(len(v.proposal.tokens), len(v.path))
         elif self._shadow is not None:
             self.sizer.acceptance.update_first(self._shadow == v.bonus)
         if v.proposal.tokens:
-            self.sizer.overhead.add(self._t_propose + time.perf_counter() - t0)
+            self.sizer.overhead.add(self._t_propose + self.sizer.clock() - t0)
         return {}
