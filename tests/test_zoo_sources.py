@@ -277,3 +277,27 @@ def test_states_are_json_and_reset_repeats(tiny, cls):
         json.dumps([s.state for s in steps])
         runs.append([t for s in steps for t in s.tokens])
     assert runs[0] == runs[1]
+
+
+def test_lookahead_sjd_trunk_through_the_engine_preserves_the_distribution(tiny):
+    """The registry's sampling test verifies a single node per run (max_new_tokens=3 leaves a budget of one
+    draft node). Here the budget leaves room for the pool candidate AND the q-sampled trunk as siblings under
+    the root (N=2: the Jacobi outputs become the trunk, with their q, after one round), and the 2nd/3rd
+    token marginals must still be exact."""
+    from test_sampling import chi2, exact_marginals, make_prompt
+
+    lm = tiny("llama")
+    cfg = S.SamplingConfig(temperature=1.0)
+    prompt = make_prompt(lm)
+    exact2, exact3 = exact_marginals(lm, cfg, prompt)
+    m = Lookahead(lm, LookaheadParams(window=3, ngram=2, guesses=1))
+    t2, t3, trunk_wins = [], [], 0
+    for seed in range(400):
+        c = S.SamplingConfig(temperature=1.0, seed=seed)
+        steps = list(engine.decode(lm, m, prompt, max_new_tokens=6, sampling=c, detail=False))
+        toks = [t for s in steps for t in s.tokens]
+        t2.append(toks[1])
+        t3.append(toks[2])
+        trunk_wins += sum(s.index == 2 and s.state.get("won") == "window" for s in steps)
+    assert chi2(np.array(t2), exact2) > 1e-3 and chi2(np.array(t3), exact3) > 1e-3
+    assert trunk_wins > 20  # q-sampled trunk tokens were accepted by the min(1, p/q) rule
