@@ -419,7 +419,8 @@ def markdown(rows: list[dict], meta: Sequence[dict] = ()) -> str:
         m = meta[-1]
         lines.append(f"model **{m.get('model')}**, {m.get('dtype')} on {m.get('device')} ({m.get('machine')}); "
                      f"max_new_tokens {m.get('max_new_tokens')}; {m.get('sampling')}; warm-up {m.get('warmup')} "
-                     f"questions; load average at start {', '.join(str(x.get('load_start')) for x in meta)}")
+                     f"questions; load average at start "
+                     f"{', '.join(str(x.get('load_start')) for x in meta if x.get('phase') != 'end')}")
         lines.append("")
     head = ("| category | method | questions | tokens/s | speedup vs AR | vs generate | CPU-time speedup vs AR | "
             "vs generate (CPU) | decode speedup | ideal | "
@@ -696,6 +697,9 @@ def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
         if not args.no_generate:
             run_generate(lm, q, ids, max_new_tokens=args.max_new_tokens,
                          sampling=sampling_config(args.temperature, seed=args.seed), model_id="warmup")
+    meta_path = str(out) + ".meta.jsonl"
+    with open(meta_path, "a", encoding="utf-8") as f:  # at the start too: an interrupted run still has its curve
+        f.write(json.dumps({**meta, "phase": "start"}) + "\n")
     progress = _progress(len(todo), args.no_progress)
     with open(out, "a", encoding="utf-8") as f:
         for i, q in enumerate(todo):
@@ -723,8 +727,8 @@ def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
                  "state_bytes": {lab: state_bytes(m) for lab, m in instances.items()},
                  "sizing_state": {lab: m.sizer.state() for lab, m in instances.items()
                                   if getattr(m, "sizer", None) is not None}})
-    with open(str(out) + ".meta.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(meta) + "\n")
+    with open(meta_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({**meta, "phase": "end"}) + "\n")
     md_path, html_path = write_report(out)
     print(md_path.read_text(encoding="utf-8"))
     _log(f"records: {out}\nreport: {md_path}, {html_path}")

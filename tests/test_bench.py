@@ -55,7 +55,8 @@ def test_jsonl_has_spec_bench_fields_and_labkit_metrics(tiny_dir, tmp_path):
     for r in recs:  # lossless in fp32: every method reproduces model.generate
         assert r["tokens"] == by[(r["question_id"], "generate")]["tokens"]
     meta = bench.read_meta(tmp_path / "b.jsonl")
-    assert meta and meta[0]["latency_curve"]["tokens"][0] == 1 and "token_recycling" in meta[0]["state_bytes"]
+    assert meta[0]["phase"] == "start" and meta[0]["latency_curve"]["tokens"][0] == 1
+    assert meta[-1]["phase"] == "end" and "token_recycling" in meta[-1]["state_bytes"]
 
 
 def test_resume_skips_done_questions(tiny_dir, tmp_path):
@@ -87,7 +88,7 @@ def test_shards_merge_to_the_unsharded_run(tiny_dir, tmp_path):
     stateless = [r for r in whole if not r["method"].startswith("token_recycling")]
     assert essence([r for r in merged if not r["method"].startswith("token_recycling")]) == essence(stateless)
     assert essence(merged, False) == essence(whole, False)  # Token Recycling's matrix differs, its output not
-    assert len(bench.read_meta(tmp_path / "merged.jsonl")) == 2
+    assert len(bench.read_meta(tmp_path / "merged.jsonl")) == 4  # start and end of each shard
     rows = bench.table(merged)
     assert {(r["method"], r["category"]) for r in rows} == {(r["method"], r["category"]) for r in bench.table(whole)}
 
