@@ -33,6 +33,7 @@ Definitions (the report repeats them):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -692,8 +693,12 @@ def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
     for q in warm:  # not counted: allocator, kernels, Token Recycling's matrix, the sizing's acceptance estimate
         ids = lm.encode(q["turns"][0])
         for s in specs:
-            run_method(lm, instances[s.label], s, q, ids, max_new_tokens=args.max_new_tokens,
-                       sampling=sampling_config(args.temperature, seed=args.seed), curve=curve, model_id="warmup")
+            # a method may offer `warm_up()`, a context manager for its warm-up (Token Recycling: big trees)
+            hook = getattr(instances[s.label], "warm_up", None)
+            with hook() if callable(hook) else contextlib.nullcontext():
+                run_method(lm, instances[s.label], s, q, ids, max_new_tokens=args.max_new_tokens,
+                           sampling=sampling_config(args.temperature, seed=args.seed), curve=curve,
+                           model_id="warmup")
         if not args.no_generate:
             run_generate(lm, q, ids, max_new_tokens=args.max_new_tokens,
                          sampling=sampling_config(args.temperature, seed=args.seed), model_id="warmup")

@@ -152,3 +152,15 @@ def test_prompt_lookup_sizing_off_and_auto_are_lossless(tiny):
             m.sizer = sizing.ChainSizer(None, m.params.draft_len, curve=STEEP)
         steps = list(engine.decode(lm, m, ids, max_new_tokens=30))
         assert [t for s in steps for t in s.tokens] == ref
+
+
+def test_token_recycling_warm_up_drafts_big_trees(tiny):
+    lm = tiny("llama")
+    m = methods.create("token_recycling", lm)
+    m.sizer = tree_sizer(STEEP)
+    ids = [3, 5, 7, 3, 5, 7, 3, 5]
+    with m.warm_up(nodes=40):
+        steps = list(engine.decode(lm, m, ids, max_new_tokens=20))
+    assert [t for s in steps for t in s.tokens] == greedy_reference(lm, ids, 20)
+    assert all(s.state.get("warm_up") for s in steps if s.kind == "decode")
+    assert max(len(s.nodes) for s in steps) > 16 and m._pinned is None

@@ -19,6 +19,7 @@ Recycling", ACL 2025, arXiv:2408.08696. Lossless (training-free tree drafts, ver
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,8 +119,10 @@ class TokenRecycling(Method):
         self.sizer = None
         if self.params.sizing == "auto":
             self.sizer = sizing.TreeSizer(lm, candidates, self.params.k, self.params.nodes, prior=RANK_PRIOR)
+        self._candidates = candidates
         self.set_template(best_subtree(candidates, self.params.nodes))
         self._first_round = True
+        self._pinned: _Template | None = None
 
     def set_template(self, choices) -> None:
         """Draft this fixed template every round (turns hardware-aware sizing off)."""
@@ -136,7 +139,20 @@ class TokenRecycling(Method):
     def start(self, prompt, sampling) -> None:
         self._first_round = True
 
+    @contextlib.contextmanager
+    def warm_up(self, nodes: int = 80):
+        """Inside this block every round drafts the best `nodes` template paths (sizing paused, its acceptance
+        estimate still learning): a big tree refreshes up to nodes + 1 matrix rows per round, so a cold matrix
+        warms fast. `labkit bench` runs its warm-up questions inside it."""
+        self._pinned = _Template.build(best_subtree(self._candidates, nodes))
+        try:
+            yield self
+        finally:
+            self._pinned = None
+
     def _template(self) -> tuple[_Template, dict]:
+        if self._pinned is not None:
+            return self._pinned, {"warm_up": True}
         if self.sizer is None:
             return self._fixed, {}
         paths, _ = self.sizer.choose()
@@ -216,7 +232,7 @@ class TokenRecycling(Method):
         self._known += int(new_rows.size)
         self._m[inputs] = top
         changed = int((before != top).any(axis=1).sum())
-        if self.sizer is not None and v.proposal.tokens:
+        if self.sizer is not None and v.proposal.tokens and self._pinned is None:
             self.sizer.overhead.add(getattr(self, "_t_propose", 0.0) + self._clock() - t0)
         return {"rows_updated": int(inputs.size), "rows_changed": changed, "matrix_rows_known": self._known}
 
