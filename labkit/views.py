@@ -10,6 +10,9 @@
     views.side_by_side(lab.compare([...], prompt))  # 2-4 methods aligned by output position
     views.latency_curve(lab.measure_latency())      # cost of one forward over n tokens on this device
     views.rejection_demo()                 # the rejection rule's output distribution vs p (and a wrong rule)
+    views.siblings_demo()                  # k candidates per position: i.i.d. / without replacement / K-SEQ
+    views.state_timeline(run, "alpha")     # a numeric Step.state entry (or dict of them) over the rounds
+    views.bench_summary(bench.table(records))       # per Spec-Bench category: speedup and acceptance length
 
 Everything renders offline: `init_notebook()` picks renderers that never load plotly.js from a CDN, and
 `to_html(fig)` inlines plotly.js. Every function skips events that are not Steps (e.g. sparsity frames), so
@@ -907,6 +910,209 @@ def rejection_demo(p: Sequence[float] = TOY_P, q: Sequence[float] = TOY_Q, n: in
     return fig
 
 
+# ---- several candidates per position: i.i.d., without replacement, K-SEQ ------------------------------
+
+SIBLING_RULES = {"iid": "k i.i.d. siblings, recursive rejection (SpecInfer)",
+                 "without_replacement": "k siblings without replacement, q updated (RSD)",
+                 "kseq": "k i.i.d. drafts, K-SEQ (SpecTr)",
+                 "no_q_update": "without replacement, q NOT updated (bug)"}
+SIBLING_SHORT = {"iid": "i.i.d. (SpecInfer)", "without_replacement": "without replacement (RSD)",
+                 "kseq": "K-SEQ (SpecTr)", "no_q_update": "bug: q not updated"}
+
+
+def simulate_siblings(p: Sequence[float], q: Sequence[float], k: int, n: int = 4000, *,
+                      rule: str = "without_replacement", seed: int = 0) -> dict:
+    """One position with k draft candidates over a toy vocabulary, n times: draw the candidates from q, run the
+    rule, emit the accepted candidate or the replacement token. Rules (labkit's own functions):
+    `"iid"`: k draws with replacement, `accept.rejection_tree` (SpecInfer's recursive rejection, q fixed);
+    `"without_replacement"`: `drafter.draw_children` (Gumbel-top-k), `rejection_tree(without_replacement=True)`
+    (RSD: after each rejection q loses the rejected token); `"kseq"`: k draws with replacement, `accept.kseq`
+    (SpecTr); `"no_q_update"`: a plausible bug (drawn without replacement, verified as if i.i.d.).
+    Returns {"counts": emitted tokens, "accepted": share of rounds that accepted a candidate,
+    "distinct": mean number of distinct candidates per round}."""
+    import torch
+
+    from . import accept as A
+    from .drafter import draw_children
+
+    if rule not in SIBLING_RULES:
+        raise ValueError(f"unknown rule {rule!r}: use one of {', '.join(SIBLING_RULES)}")
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    pt = torch.tensor(list(p), dtype=torch.float64)
+    qt = torch.tensor(list(q), dtype=torch.float64)
+    pt, qt = pt / pt.sum(), qt / qt.sum()
+    g = torch.Generator().manual_seed(seed)
+    rho = A.kseq_rho(pt, qt, k) if rule == "kseq" else 1.0
+    P, Q = pt.expand(k + 1, -1), qt.expand(k, -1)
+    counts, accepted, distinct = [0] * len(pt), 0, 0
+    for _ in range(n):
+        if rule in ("iid", "kseq"):
+            draws = torch.multinomial(qt, k, replacement=True, generator=g).tolist()
+        else:
+            draws = draw_children(qt, k, False, g)
+        distinct += len(set(draws))
+        if rule == "kseq":
+            hit, _, res = A.kseq(pt, qt, draws, g, rho=rho)
+            tok = draws[hit] if hit is not None else int(torch.multinomial(res, 1, generator=g))
+            accepted += hit is not None
+        else:
+            m = len(draws)
+            out = A.rejection_tree([-1] * m, draws, P[: m + 1], Q[:m], g,
+                                   without_replacement=(rule == "without_replacement"))
+            tok = draws[out.path[0]] if out.path else out.bonus
+            accepted += bool(out.path)
+        counts[tok] += 1
+    return {"counts": counts, "accepted": accepted / n, "distinct": distinct / n}
+
+
+def siblings_demo(p: Sequence[float] = TOY_P, q: Sequence[float] = TOY_Q, ks: Sequence[int] = (1, 2, 3, 4),
+                  n: int = 3000, *, k_shown: int = 3, seed: int = 0, tokens: Sequence[str] = TOY_TOKENS
+                  ) -> go.Figure:
+    """What k candidates for one position buy, and whether the output is still p. Left: the share of rounds
+    that accept a candidate, per k, for i.i.d. siblings (SpecInfer), siblings without replacement (RSD) and
+    K-SEQ (SpecTr), with standard speculative sampling's sum(min(p, q)) at k = 1 and SpecTr's exact
+    1 - (1 - beta(rho*))^k. Right: at k = k_shown, the emitted frequencies of each rule against p, with
+    chi-square p-values, including a buggy rule (without replacement, q not updated)."""
+    import torch
+
+    from . import accept as A
+
+    ks = sorted({int(k) for k in ks} | {int(k_shown)})
+    pt = torch.tensor(list(p), dtype=torch.float64)
+    qt = torch.tensor(list(q), dtype=torch.float64)
+    pt, qt = pt / pt.sum(), qt / qt.sum()
+    fair = ("iid", "without_replacement", "kseq")
+    sims = {r: {k: simulate_siblings(p, q, k, n, rule=r, seed=seed + k) for k in ks} for r in fair}
+    bug = simulate_siblings(p, q, k_shown, n, rule="no_q_update", seed=seed + k_shown)
+    theory = [A.kseq_accept_prob(pt, qt, k) for k in ks]
+    shown = {**{r: sims[r][k_shown]["counts"] for r in fair}, "no_q_update": bug["counts"]}
+    chi2 = {r: list(chi_square(c, p)) for r, c in shown.items()}
+    labels = list(tokens)[: len(p)] + [f"t{i}" for i in range(len(tokens), len(p))]
+    colors = {"iid": "#ff7f0e", "without_replacement": STATUS_COLORS[ACCEPTED], "kseq": "#9467bd",
+              "no_q_update": STATUS_COLORS[REJECTED]}
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.42, 0.58], horizontal_spacing=0.1,
+                        subplot_titles=("rounds that accept a candidate", f"emitted tokens with k = {k_shown}"))
+    for r in fair:
+        fig.add_trace(go.Scatter(x=ks, y=[sims[r][k]["accepted"] for k in ks], mode="lines+markers",
+                                 name=f"accepted, {SIBLING_SHORT[r]}", line=dict(color=colors[r], width=2),
+                                 legendgroup=r,
+                                 customdata=[sims[r][k]["distinct"] for k in ks],
+                                 hovertemplate="k=%{x}: %{y:.3f} accepted<br>distinct candidates "
+                                               "%{customdata:.2f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=ks, y=theory, mode="lines", line=dict(color="#9467bd", dash="dot"),
+                             name="K-SEQ exact: 1 − (1 − β(ρ*))^k"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=[1], y=[float(torch.minimum(pt, qt).sum())], mode="markers",
+                             marker=dict(symbol="star", size=14, color="#222222"),
+                             name="one draft: Σ min(p, q)"), row=1, col=1)
+    fig.add_trace(go.Bar(x=labels, y=pt.tolist(), name="p: target", marker_color="#222222"), row=1, col=2)
+    fig.add_trace(go.Bar(x=labels, y=qt.tolist(), name="q: draft", marker_color="#bbbbbb"), row=1, col=2)
+    for r, c in shown.items():
+        fig.add_trace(go.Bar(x=labels, y=[v / n for v in c], marker_color=colors[r], legendgroup=r,
+                             name=f"emitted, {SIBLING_SHORT[r]} · χ² p-value {chi2[r][1]:.2g}"), row=1, col=2)
+    fig.update_xaxes(title_text="candidates per position k", dtick=1, row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="probability / frequency", row=1, col=2)
+    fig.update_layout(barmode="group", template="plotly_white", height=520, legend=dict(orientation="h", y=-0.18),
+                      title=dict(text=f"{n} rounds per point: k candidates for one position", font=dict(size=14)),
+                      meta={"view": "siblings_demo", "ks": ks, "k_shown": k_shown,
+                            "accepted": {r: [sims[r][k]["accepted"] for k in ks] for r in fair},
+                            "distinct": {r: [sims[r][k]["distinct"] for k in ks] for r in fair},
+                            "kseq_exact": theory, "single_draft": float(torch.minimum(pt, qt).sum()),
+                            "counts": shown, "chi2": chi2, "accepted_no_q_update": bug["accepted"]})
+    return fig
+
+
+# ---- a method's state over the rounds --------------------------------------------------------------
+
+def _state_value(state: Mapping, key: str) -> Any:
+    v: Any = state
+    for part in key.split("."):
+        if not isinstance(v, Mapping) or part not in v:
+            return None
+        v = v[part]
+    return v
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def state_timeline(steps: Iterable[Any], keys: str | Sequence[str], *, title: str | None = None) -> go.Figure:
+    """Numeric `Step.state` entries over the decode rounds, one line each: a number (e.g. SWIFT's
+    `skip_acceptance`, early exit's `exit`), or every numeric entry of a dict (e.g. early exit's per-layer
+    acceptance estimates `alpha`: one line per layer). Nested entries with dots: `"search.candidate_match"`.
+    Rounds where an entry is missing are gaps."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    decode = [s for s in steps_of(steps) if s.kind == "decode"]
+    series: dict[str, list[float | None]] = {}
+    for i, s in enumerate(decode):
+        for key in keys:
+            v = _state_value(s.state or {}, key)
+            items = ([(key, v)] if _number(v) or v is None else
+                     [(f"{key}[{k}]", x) for k, x in v.items()] if isinstance(v, Mapping) else [])
+            for name, x in items:
+                if _number(x):
+                    series.setdefault(name, [None] * len(decode))[i] = float(x)
+    fig = go.Figure()
+    xs = [s.index for s in decode]
+    for j, (name, ys) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, connectgaps=False,
+                                 line=dict(color=METHOD_COLORS[j % len(METHOD_COLORS)]),
+                                 hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3g}}<extra></extra>"))
+    fig.update_layout(title=dict(text=title or f"Step.state over the rounds: {', '.join(keys)}", font=dict(size=14)),
+                      template="plotly_white", height=380, xaxis_title="step", yaxis_title="value",
+                      legend=dict(orientation="h", y=-0.25),
+                      meta={"view": "state_timeline", "keys": keys, "steps": xs, "series": series})
+    return fig
+
+
+# ---- benchmark summary -----------------------------------------------------------------------------
+
+def bench_summary(rows: Sequence[Mapping], *, clock: str = "cpu", title: str | None = None) -> go.Figure:
+    """`labkit.bench.table` rows: per Spec-Bench category (and overall), each method's speedup over the
+    autoregressive baseline measured in the same process -- process CPU time (`clock="cpu"`, fair with one
+    torch thread on a shared machine) or wall time (`clock="wall"`) -- and its mean acceptance length.
+    `model.generate` ("generate") does the same work as the baseline: its bars show how noisy the ratios are."""
+    if clock not in ("cpu", "wall"):
+        raise ValueError("clock must be 'cpu' or 'wall'")
+    rows = [r for r in rows if not str(r["method"]).endswith("+trace")]
+    cats = list(dict.fromkeys(r["category"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "autoregressive"))
+    key = "cpu" if clock == "cpu" else "tokens_per_s"
+
+    def get(method, cat, what):
+        r = next((r for r in rows if r["method"] == method and r["category"] == cat), None)
+        if r is None:
+            return None
+        return (r.get("speedup") or {}).get(key) if what == "speedup" else r.get("mean_accept_len")
+
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.14, shared_xaxes=False,
+                        subplot_titles=(f"speedup over the autoregressive baseline ({'CPU' if clock == 'cpu' else 'wall'}"
+                                        " time, same process)", "mean acceptance length (tokens per target forward)"))
+    speed: dict[str, list] = {}
+    mal: dict[str, list] = {}
+    for j, m in enumerate(methods):
+        color = "#bbbbbb" if m == "generate" else METHOD_COLORS[j % len(METHOD_COLORS)]
+        speed[m] = [get(m, c, "speedup") for c in cats]
+        fig.add_trace(go.Bar(x=cats, y=speed[m], name=m, marker_color=color, legendgroup=m,
+                             text=[None if v is None else f"{v:.2f}×" for v in speed[m]], textposition="outside",
+                             hovertemplate=f"{m} · %{{x}}: %{{y:.2f}}×<extra></extra>"), row=1, col=1)
+        if m != "generate":
+            mal[m] = [get(m, c, "mal") for c in cats]
+            fig.add_trace(go.Bar(x=cats, y=mal[m], name=m, marker_color=color, legendgroup=m, showlegend=False,
+                                 hovertemplate=f"{m} · %{{x}}: %{{y:.2f}} tokens/forward<extra></extra>"),
+                          row=2, col=1)
+    fig.add_hline(y=1.0, line_dash="dash", line_color="gray", row=1, col=1)
+    fig.add_hline(y=1.0, line_dash="dash", line_color="gray", row=2, col=1)
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_layout(barmode="group", template="plotly_white", height=620, legend=dict(orientation="h", y=-0.12),
+                      title=dict(text=title or "Which method wins on which task?", font=dict(size=14)),
+                      meta={"view": "bench_summary", "clock": clock, "categories": cats, "speedup": speed,
+                            "mean_accept_len": mal})
+    return fig
+
+
 # ---- session warm-up -------------------------------------------------------------------------------
 
 def session_warmup(runs: Sequence[Any], *, labels: Sequence[str] | None = None) -> go.Figure:
@@ -942,4 +1148,5 @@ def session_warmup(runs: Sequence[Any], *, labels: Sequence[str] | None = None) 
 __all__ = ["draft_tree", "token_stream", "token_stream_html", "tree_mask", "kv_compaction", "acceptance_stats",
            "method_state", "STATE_VIEWS", "register_state_view", "generic_state", "token_recycling_state",
            "side_by_side", "compare_outputs", "latency_curve", "rejection_demo", "simulate_rejection", "chi_square",
-           "session_warmup", "init_notebook", "to_html", "steps_of", "show_token", "tree_layout", "verify_start"]
+           "session_warmup", "siblings_demo", "simulate_siblings", "SIBLING_RULES", "state_timeline",
+           "bench_summary", "init_notebook", "to_html", "steps_of", "show_token", "tree_layout", "verify_start"]

@@ -73,3 +73,17 @@ def test_fidelity_and_kv_views():
     assert fig.data[3].y[0] == 0.1 and math.isnan(fig.data[3].y[1])  # not measured: a gap
     bars = views.kv_by_layer(frame())
     assert list(bars.data[0].y) == [8, 8, 8] and list(bars.data[1].y) == [6, 8, 8]
+
+
+def test_policy_summary_means_skip_unmeasured_steps():
+    prefill = SparsityFrame(step=0, kind="prefill", policy="h2o", kv_len=0, queries=(3,), layers=(), recall=0.1)
+    a = [prefill, frame(1, kl=0.1), frame(2, kl=None)]
+    dense = SparsityFrame(step=1, kind="decode", policy="dense", kv_len=4, queries=(4,), layers=(),
+                          kv_kept=((4, 4),), recall=1.0)
+    fig = views.policy_summary({"h2o": ["a step"] + a, "dense": [dense]})
+    m = fig.layout.meta
+    assert m["labels"] == ["h2o", "dense"] and m["steps"] == [2, 1]  # decode frames only
+    assert m["recall"] == pytest.approx([0.9, 1.0]) and m["kl"][0] == pytest.approx(0.1) and m["kl"][1] is None
+    assert m["kv_ratio"] == pytest.approx([22 / 24, 1.0]) and m["top1"] == [1.0, None]
+    assert [t.name for t in fig.data] == ["attention recall", "top-1 agreement", "KV share read", "KL"]
+    assert math.isnan(fig.data[3].y[1])

@@ -255,6 +255,75 @@ def test_rejection_demo_correct_rule_matches_p_buggy_rule_does_not():
     assert [t.name.split(":")[0] for t in fig.data][:2] == ["p", "q"]
 
 
+def test_simulate_siblings_rules_keep_p_and_rank_acceptance():
+    """k candidates for one position: every fair rule emits p; without replacement accepts most, i.i.d. siblings
+    least; K-SEQ matches its closed form; the bug (drawn without replacement, q not updated) is caught."""
+    import torch
+
+    from labkit import accept as A
+
+    p, q = views.TOY_P, views.TOY_Q
+    n = 3000
+    runs = {r: views.simulate_siblings(p, q, 3, n, rule=r, seed=2) for r in views.SIBLING_RULES}
+    for r in ("iid", "without_replacement", "kseq"):
+        assert sum(runs[r]["counts"]) == n
+        assert views.chi_square(runs[r]["counts"], p)[1] > 1e-3, r
+    assert views.chi_square(runs["no_q_update"]["counts"], p)[1] < 1e-6
+    assert runs["without_replacement"]["distinct"] == 3.0 and runs["iid"]["distinct"] < 2.6
+    assert runs["without_replacement"]["accepted"] > runs["kseq"]["accepted"] > runs["iid"]["accepted"]
+    exact = A.kseq_accept_prob(torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64), 3)
+    assert abs(runs["kseq"]["accepted"] - exact) < 4 * (exact * (1 - exact) / n) ** 0.5
+    one = views.simulate_siblings(p, q, 1, n, rule="iid", seed=3)["accepted"]
+    assert abs(one - 0.5) < 4 * (0.25 / n) ** 0.5  # sum(min(p, q)) = 0.5 for the toy pair
+    with pytest.raises(ValueError):
+        views.simulate_siblings(p, q, 2, 10, rule="nope")
+
+
+def test_siblings_demo_meta():
+    fig = views.siblings_demo(ks=(1, 2), n=400, k_shown=2)
+    m = fig.layout.meta
+    assert m["ks"] == [1, 2] and m["single_draft"] == pytest.approx(0.5)
+    assert set(m["accepted"]) == {"iid", "without_replacement", "kseq"}
+    assert m["distinct"]["without_replacement"] == [1.0, 2.0]
+    assert m["kseq_exact"][0] == pytest.approx(0.5)
+    assert set(m["chi2"]) == {"iid", "without_replacement", "kseq", "no_q_update"}
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 6 and sum(bars[2].y) == pytest.approx(1.0)
+
+
+def test_state_timeline_numbers_dicts_nested_and_gaps():
+    steps = [mk(0, [], [], [5], kind="prefill", state={"exit": 3}),
+             mk(1, [], [], [6], state={"exit": 29, "alpha": {"15": 0.2, "29": 0.6}, "search": {"m": 0.5}}),
+             mk(2, [], [], [7], state={"exit": 15, "alpha": {"15": 0.3, "29": 0.7}, "phase": "frozen"}),
+             mk(3, [], [], [8], state={"alpha": {"15": 0.4}, "flag": True})]
+    fig = views.state_timeline(steps, ["exit", "alpha", "search.m", "phase", "flag"])
+    series = fig.layout.meta["series"]
+    assert fig.layout.meta["steps"] == [1, 2, 3]  # decode rounds only
+    assert series["exit"] == [29.0, 15.0, None]
+    assert series["alpha[15]"] == [0.2, 0.3, 0.4] and series["alpha[29]"] == [0.6, 0.7, None]
+    assert series["search.m"] == [0.5, None, None]
+    assert "phase" not in series and "flag" not in series  # strings and booleans are not plotted
+    assert [t.name for t in fig.data] == list(series)
+
+
+def test_bench_summary_from_table_rows():
+    def row(method, cat, cpu, wall, mal):
+        return {"method": method, "category": cat, "mean_accept_len": mal,
+                "speedup": {"cpu": cpu, "tokens_per_s": wall}}
+
+    rows = [row("generate", "qa", 1.02, 0.9, 1.0), row("autoregressive", "qa", 1.0, 1.0, 1.0),
+            row("prompt_lookup", "qa", 0.8, 0.7, 1.2), row("prompt_lookup", "overall", 0.85, 0.75, 1.3),
+            row("autoregressive", "overall", 1.0, 1.0, 1.0), row("prompt_lookup+trace", "qa", 0.1, 0.1, 1.2)]
+    fig = views.bench_summary(rows)
+    m = fig.layout.meta
+    assert m["categories"] == ["qa", "overall"]
+    assert m["speedup"] == {"generate": [1.02, None], "prompt_lookup": [0.8, 0.85]}
+    assert m["mean_accept_len"] == {"prompt_lookup": [1.2, 1.3]}  # generate has no acceptance panel
+    assert views.bench_summary(rows, clock="wall").layout.meta["speedup"]["prompt_lookup"] == [0.7, 0.75]
+    with pytest.raises(ValueError):
+        views.bench_summary(rows, clock="gpu")
+
+
 def test_session_warmup_reads_rows_known():
     run1 = [mk(0, [], [], [5], kind="prefill"), tr_step()]
     fig = views.session_warmup([run1, run1])

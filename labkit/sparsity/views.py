@@ -6,6 +6,7 @@ works: everything that is not a frame is skipped).
     views.residency_timeline(frames)     # decode step x position: kept / evicted / never seen
     views.fidelity(frames)               # recall, KL and top-1 agreement vs dense over steps, KV kept share
     views.kv_by_layer(frame)             # KV entries read per layer vs dense
+    views.policy_summary({"h2o": events, "streaming_llm": other})   # several runs: mean fidelity and KV share
 
 Long contexts are downsampled to at most `max_positions` columns: attention is summed per bin (so a bin
 shows the mass it holds), kept sets are averaged (the share of the bin kept). Rows stored as top-k show only
@@ -186,6 +187,44 @@ def kv_by_layer(frame: SparsityFrame) -> go.Figure:
                      go.Bar(x=layers, y=kept, name="kept", marker_color=KEPT_COLOR)])
     fig.update_layout(barmode="overlay", title=f"{frame.policy} · step {frame.step} · KV entries read per layer",
                       xaxis_title="layer", yaxis_title="KV entries (summed over heads)")
+    return fig
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def policy_summary(runs, *, title: str | None = None) -> go.Figure:
+    """Several runs side by side, {label: events} (e.g. one per policy at the same budget): the mean over their
+    decode frames of the attention-mass recall, the top-1 agreement with dense decoding, the KV share read
+    (left, all in [0, 1]) and the next-token KL(dense || policy) (right). Means skip unmeasured steps (a dense
+    run has no KL / top-1: its logits are the dense ones)."""
+    labels = list(runs)
+    frames = {k: [f for f in frames_of(v) if f.kind == "decode"] for k, v in runs.items()}
+    stats = {k: {"recall": _mean(f.recall for f in fs), "top1": _mean(f.top1 for f in fs),
+                 "kv_ratio": _mean(f.kv_ratio for f in fs), "kl": _mean(f.kl for f in fs), "steps": len(fs)}
+             for k, fs in frames.items()}
+    names = {"recall": "attention recall", "top1": "top-1 agreement", "kv_ratio": "KV share read"}
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.65, 0.35], horizontal_spacing=0.1,
+                        subplot_titles=("mean per decode step (higher recall / agreement with less KV is better)",
+                                        "mean next-token KL(dense ‖ policy), nats"))
+    colors = ("#1f77b4", "#2ca02c", "#bbbbbb")
+    for c, (key, name) in zip(colors, names.items()):
+        ys = [_nan(stats[k][key]) for k in labels]
+        fig.add_trace(go.Bar(x=labels, y=ys, name=name, marker_color=c,
+                             text=[None if math.isnan(y) else f"{y:.2f}" for y in ys], textposition="outside"),
+                      row=1, col=1)
+    kl = [_nan(stats[k]["kl"]) for k in labels]
+    fig.add_trace(go.Bar(x=labels, y=kl, name="KL", marker_color="#d62728", showlegend=False,
+                         text=[None if math.isnan(y) else f"{y:.3f}" for y in kl], textposition="outside"),
+                  row=1, col=2)
+    fig.update_yaxes(range=[0, 1.12], row=1, col=1)
+    fig.update_yaxes(rangemode="tozero", row=1, col=2)
+    fig.update_layout(barmode="group", title=title or "policies side by side", legend=dict(orientation="h", y=-0.15),
+                      meta={"view": "policy_summary", "labels": labels,
+                            **{key: [stats[k][key] for k in labels] for key in ("recall", "top1", "kv_ratio", "kl",
+                                                                                  "steps")}})
     return fig
 
 
