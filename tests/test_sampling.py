@@ -5,6 +5,8 @@ enumerated (all 32 x 32 prefixes in one batch); each method then samples many sh
 chi-square test compares the empirical marginals with the exact ones. The 2nd and 3rd tokens are the ones
 decided by the acceptance rule (the 1st comes straight from the prefill).
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -48,9 +50,20 @@ def chi2(samples, p):
     return chisquare(c, e * c.sum() / e.sum()).pvalue
 
 
-@pytest.mark.parametrize("cfg", [S.SamplingConfig(temperature=1.0), S.SamplingConfig(temperature=0.7, top_k=8, top_p=0.9)],
-                         ids=["T1", "T0.7-topk8-topp0.9"])
-@pytest.mark.parametrize("name", LOSSLESS)
+BASE_CONFIGS = {"T1": S.SamplingConfig(temperature=1.0),
+                "T0.7-topk8-topp0.9": S.SamplingConfig(temperature=0.7, top_k=8, top_p=0.9)}
+EXTRA_CONFIGS = {"T1-minp0.1": S.SamplingConfig(temperature=1.0, min_p=0.1),
+                 "T1.2-typical0.8": S.SamplingConfig(temperature=1.2, typical_p=0.8)}
+# min-p and typical-p go through the same `sampling.probs` for draft and target, so one method per acceptance
+# family checks them (point masses, a q chain, siblings without replacement, K-SEQ, SJD); every method runs
+# the base configurations.
+EXTRA_FAMILY = ["token_recycling", "draft_model", "rsd_c", "spectr", "lookahead"]
+CASES = ([pytest.param(n, c, id=f"{n}-{cid}") for n in LOSSLESS for cid, c in BASE_CONFIGS.items()]
+         + [pytest.param(n, c, id=f"{n}-{cid}") for n in EXTRA_FAMILY if n in LOSSLESS
+            for cid, c in EXTRA_CONFIGS.items()])
+
+
+@pytest.mark.parametrize("name,cfg", CASES)
 def test_sampling_preserves_target_distribution(tiny, name, cfg):
     lm = tiny("llama")
     if methods.REGISTRY[name].supports(lm):
@@ -60,7 +73,7 @@ def test_sampling_preserves_target_distribution(tiny, name, cfg):
     m = methods.create(name, lm)
     t2, t3, accepted = [], [], 0
     for seed in range(RUNS):
-        c = S.SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=seed)
+        c = dataclasses.replace(cfg, seed=seed)
         steps = list(engine.decode(lm, m, PROMPT, max_new_tokens=3, sampling=c, detail=False))
         toks = [t for s in steps for t in s.tokens]
         t2.append(toks[1])
@@ -75,10 +88,15 @@ def test_sampling_preserves_target_distribution(tiny, name, cfg):
 @pytest.mark.parametrize("name", LOSSLESS)
 def test_same_seed_and_state_same_output(tiny, name):
     """Seeded runs repeat exactly from the same method state. (A warmer Token Recycling matrix drafts other
-    tokens and so draws other random numbers: same distribution, different sample.)"""
+    tokens and so draws other random numbers: same distribution, different sample.) Hardware-aware sizing
+    chooses tree sizes from measured wall times, so it is turned off here: with it, the same seed may draft a
+    different tree and so draw other random numbers."""
     lm = tiny("llama")
     cfg = S.SamplingConfig(temperature=1.0, seed=42)
-    m = methods.create(name, lm)
+    cls = methods.REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls.Params)} if dataclasses.is_dataclass(cls.Params) else set()
+    timing_free = {"sizing": "off"} if "sizing" in fields else None
+    m = methods.create(name, lm, timing_free)
     outs = []
     for _ in range(2):
         m.reset()
@@ -91,4 +109,8 @@ def test_sampling_config_validation():
         S.SamplingConfig(temperature=-1)
     with pytest.raises(ValueError):
         S.SamplingConfig(top_p=0)
+    with pytest.raises(ValueError):
+        S.SamplingConfig(min_p=1.0)
+    with pytest.raises(ValueError):
+        S.SamplingConfig(typical_p=0)
     assert S.SamplingConfig().greedy and not S.SamplingConfig(temperature=0.5).greedy

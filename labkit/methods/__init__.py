@@ -12,6 +12,18 @@ from .autoregressive import Autoregressive
 from .draft_model import DraftModel
 from .prompt_lookup import PromptLookup
 from .token_recycling import TokenRecycling
+# draft trees, acceptance rules and strategies (issue 3)
+from .adaptive_length import AdaptiveLength
+from .contrastive import ContrastiveSearch
+from .diverse_beam import DiverseBeamSearch
+from .dyspec import DySpec
+from .ead import EntropyAdaptive
+from .lantern import Lantern
+from .rsd import RSDBeam, RSDConstant
+from .spectr import SpecTr
+from .static_tree import StaticTree
+from .strategies import Greedy, MinPSampling, TemperatureSampling, TopKSampling, TopPSampling, TypicalSampling
+from .typical import TypicalAcceptance
 # training-free draft sources (issue 3)
 from .aded import Aded
 from .copy_spec import CopySpec
@@ -20,6 +32,10 @@ from .lookahead import Lookahead
 from .swift import Swift
 
 _METHODS: list[type[Method]] = [Autoregressive, PromptLookup, TokenRecycling, DraftModel]
+_METHODS += [StaticTree, DySpec, RSDConstant, RSDBeam, SpecTr, AdaptiveLength,  # lossless draft trees
+             TypicalAcceptance, Lantern,  # lossy acceptance rules
+             Greedy, TemperatureSampling, TopKSampling, TopPSampling, MinPSampling, TypicalSampling,  # strategies
+             ContrastiveSearch, DiverseBeamSearch, EntropyAdaptive]
 _METHODS += [Aded, Lookahead, CopySpec, Swift, EarlyExit]  # training-free draft sources
 
 REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}

@@ -1,0 +1,207 @@
+"""A draft LM that expands draft *trees*: the shared engine of DySpec, RSD, SpecTr, static-template trees,
+adaptive-length chains and LANTERN.
+
+`TreeDrafter` wraps any `LM` that shares the target's tokenizer (offline default: the target's own first
+layers, `draft_model.truncated_copy`). It keeps its own KV cache for the committed prefix:
+
+    root_logits = d.begin(seq)              # sync the cache with the committed tokens (root last)
+    logits = d.expand(parents, tokens, [0, 1, 2])   # score tree nodes in ONE forward (4D tree mask)
+    logits = d.expand(parents, tokens, [3, 4])      # ...level by level; ancestors must already be fed
+    d.end()                                  # drop the tree entries again
+
+`begin` rolls the cache back to the longest prefix it shares with the committed sequence (as
+`draft_model.py` does), so accepted tokens are re-read once and rejected branches never linger. Tree nodes
+are appended to the cache in the order they are fed; a node attends to the committed prefix and to its own
+ancestors only, at position `len(seq) - 1 + depth`. Sliding-window models get per-layer-type masks.
+
+Also here: `resolve_draft` (the `draft=` parameter: 'self:N', 'self', or a model name), `draw_children`
+(a node's children: top-m when greedy, m draws without replacement otherwise) and `DrafterMethod`, the base
+class of the methods that draft with a `TreeDrafter`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import sampling as S
+from .engine import Method
+from .models import LM, load
+from .params import ParamError
+
+
+def resolve_draft(lm: LM, spec: str) -> LM:
+    """The draft LM named by `spec`: 'self:N' = the target's first N layers ('self:auto' = a fifth of them,
+    at least one), 'self' = the target itself, else a hub id / local path / embedded model name."""
+    from .methods.draft_model import truncated_copy
+
+    if spec == "self":
+        draft = lm
+    elif spec.startswith("self:"):
+        arg = spec.split(":", 1)[1]
+        try:
+            n = max(1, round(lm.config.num_hidden_layers / 5)) if arg == "auto" else int(arg)
+        except ValueError:
+            raise ParamError(f"draft={spec!r}: expected self:N with an integer N, or self:auto") from None
+        draft = truncated_copy(lm, n)
+    else:
+        draft = load(spec, dtype=lm.dtype, device=str(lm.device))
+    if draft.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+        raise ParamError(f"draft model {spec!r} does not share the target's tokenizer")
+    return draft
+
+
+def _sliding_window(config) -> int | None:
+    types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window and "sliding_attention" in types else None
+
+
+def slot_mask(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *, dtype: torch.dtype,
+              device, window: int | None):
+    """Additive 4D mask [1, 1, m, K] from a bool `allowed` [m, K] (query may see key), plus a per-layer-type
+    dict when the model has sliding-window layers (keys `window` or more positions back are hidden there)."""
+    def additive(ok: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(ok.shape, dtype=dtype)
+        mask.masked_fill_(~ok, torch.finfo(dtype).min)
+        return mask[None, None].to(device)
+
+    full = additive(allowed)
+    if window is None:
+        return full
+    near = (q_pos[:, None] - k_pos[None, :]) < window
+    return {"full_attention": full, "sliding_attention": additive(allowed & near)}
+
+
+class TreeDrafter:
+    """A draft LM with its own KV cache that scores batches of tree nodes (see the module docstring)."""
+
+    def __init__(self, lm: LM):
+        self.lm = lm
+        self.window = _sliding_window(lm.config)
+        self.reset()
+
+    def reset(self) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        self.fed: list[int] = []  # committed tokens in the cache
+        self.slots: dict[int, int] = {}  # tree node index -> its order among the fed tree entries
+        self.slot_pos: list[int] = []  # position id of each fed tree entry
+        self.forwards = 0  # forward passes since the last `begin`
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    def _forward(self, ids: list[int], positions: list[int], mask) -> torch.Tensor:
+        dev = self.lm.device
+        kwargs = dict(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
+                      past_key_values=self.cache, use_cache=True)
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        out = self.lm.model(**kwargs)
+        self.forwards += 1
+        return out.logits[0]
+
+    @torch.inference_mode()
+    def begin(self, seq: Sequence[int]) -> torch.Tensor:
+        """Sync the cache with the committed tokens `seq` (root last); return the logits [V] at the root."""
+        self.end()
+        self.forwards = 0
+        common = 0
+        for a, b in zip(self.fed, seq):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(seq) - 1)  # always re-read the root to get its logits
+        if common < len(self.fed):
+            self.cache.crop(common - len(self.fed))
+            del self.fed[common:]
+        new = list(seq[common:])
+        logits = self._forward(new, list(range(common, common + len(new))), None)
+        self.fed.extend(new)
+        return logits[-1]
+
+    @torch.inference_mode()
+    def expand(self, parents: Sequence[int], tokens: Sequence[int], nodes: Sequence[int]) -> torch.Tensor:
+        """Feed tree nodes `nodes` (indices into the parent array) in one forward; return their logits [m, V].
+        Every ancestor of a fed node must have been fed before or in the same call (earlier in `nodes`)."""
+        if not nodes:
+            return torch.empty(0, device=self.device)
+        past = len(self.fed)
+        depth: dict[int, int] = {}
+
+        def depth_of(i: int) -> int:
+            if i not in depth:
+                depth[i] = 1 if parents[i] < 0 else depth_of(parents[i]) + 1
+            return depth[i]
+
+        n_old = len(self.slot_pos)
+        new_slot = {i: n_old + j for j, i in enumerate(nodes)}
+        total = past + n_old + len(nodes)
+        allowed = torch.zeros(len(nodes), total, dtype=torch.bool)
+        allowed[:, :past] = True
+        q_pos = []
+        for r, i in enumerate(nodes):
+            a = i
+            while a >= 0:
+                slot = new_slot.get(a, self.slots.get(a))
+                if slot is None:
+                    raise ValueError(f"tree node {a} (an ancestor of node {i}) has not been fed to the drafter")
+                if a in new_slot and new_slot[a] > new_slot[i]:
+                    raise ValueError(f"tree node {a} must be fed before its descendant {i}")
+                allowed[r, past + slot] = True
+                a = parents[a]
+            q_pos.append(past - 1 + depth_of(i))
+        k_pos = torch.tensor(list(range(past)) + self.slot_pos + q_pos)
+        mask = slot_mask(allowed, torch.tensor(q_pos), k_pos, dtype=self.lm.dtype, device=self.device,
+                         window=self.window)
+        logits = self._forward([int(tokens[i]) for i in nodes], q_pos, mask)
+        self.slots.update(new_slot)
+        self.slot_pos.extend(q_pos)
+        return logits
+
+    def end(self) -> None:
+        """Drop the tree entries from the cache (the committed prefix stays)."""
+        if self.slot_pos:
+            self.cache.crop(-len(self.slot_pos))
+        self.slots = {}
+        self.slot_pos = []
+
+    def describe(self) -> str:
+        return self.lm.name
+
+
+def draw_children(q: torch.Tensor, m: int, greedy: bool, generator: torch.Generator) -> list[int]:
+    """The first m children to draft from distribution q, in order: its top-m tokens when greedy; otherwise m
+    draws WITHOUT replacement (Gumbel-top-k: the top m of log q + Gumbel noise), in draw order. Tokens with
+    q = 0 never appear, so fewer than m may come back."""
+    m = min(m, int((q > 0).sum()))
+    if m <= 0:
+        return []
+    if greedy:
+        return torch.topk(q, m).indices.tolist()
+    u = torch.rand(q.shape, generator=generator, device=q.device).clamp_(1e-20, 1.0 - 1e-7)
+    keys = torch.log(q) - torch.log(-torch.log(u))
+    return torch.topk(keys, m).indices.tolist()
+
+
+class DrafterMethod(Method):
+    """Base of the methods that draft with a `TreeDrafter` (their Params have a `draft` spec)."""
+
+    def __init__(self, lm: LM, params=None, draft_lm: LM | None = None):
+        super().__init__(lm, params)
+        self.drafter = TreeDrafter(draft_lm if draft_lm is not None else resolve_draft(lm, self.params.draft))
+
+    def start(self, prompt, sampling) -> None:
+        self.drafter.reset()
+
+    def dist(self, logits: torch.Tensor, sampling) -> torch.Tensor:
+        """The draft distribution q, transformed exactly as the target's p (float32, on the target's device)."""
+        return S.probs(logits, sampling).to(self.lm.device)
+
+    def draft_note(self) -> str:
+        d = self.drafter.lm
+        weak = " (a weak self-draft: no separate draft model offline)" if d.source.startswith("layer") else ""
+        return f"draft {d.name}{weak}"
