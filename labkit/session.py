@@ -83,6 +83,9 @@ class Session:
                 params: dict | None = None) -> tuple[engine.Method, list[int], dict]:
         """Validate a request and resolve it to (method instance, prompt ids, run config)."""
         m = self.method(method, **(params or {})) if isinstance(method, str) else method
+        reason = m.supports(self.lm)
+        if reason:
+            raise ValueError(f"{m.name} cannot run on {self.model_name}: {reason}")
         sampling = sampling or S.GREEDY
         if isinstance(prompt, str):
             if not prompt.strip():
@@ -174,8 +177,6 @@ class Session:
                 if i > 0:  # the first size is run once more as a warm-up, not recorded
                     points.append((int(n), dt))
         return points
-
-
 
 
 def cfg_sampling(cfg: dict) -> S.SamplingConfig:

@@ -11,6 +11,7 @@ drops a final line that was cut off mid-write (and says so in `Trace.truncated`)
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import typing
@@ -78,7 +79,8 @@ class Step:
     draft_forwards: int
     timing: Timing
     kv_len: int
-    finished: str = ""  # "", "eos", "length", "stopped"
+    finished: str = ""  # "eos" or "length" on the last Step of a finished run; "" otherwise (a run stopped by
+    # the caller's should_stop ends on a Step with "")
     state: dict = field(default_factory=dict)
 
     @property
@@ -87,6 +89,8 @@ class Step:
 
 
 EVENT_TYPES: dict[str, type] = {"step": Step}
+# event types registered by modules that are imported only when used: a trace that holds them loads them
+LAZY_EVENT_MODULES: dict[str, str] = {"sparsity": "labkit.sparsity"}
 
 
 def register_event(name: str, cls: type) -> None:
@@ -150,7 +154,10 @@ def event_from_json(line: str) -> Any:
     data = json.loads(line)
     if not isinstance(data, dict) or "type" not in data:
         raise TraceError("event line has no 'type'")
-    cls = EVENT_TYPES.get(data.pop("type"))
+    name = data.pop("type")
+    if name not in EVENT_TYPES and name in LAZY_EVENT_MODULES:
+        importlib.import_module(LAZY_EVENT_MODULES[name])
+    cls = EVENT_TYPES.get(name)
     if cls is None:
         raise TraceError("unknown event type")
     return from_plain(cls, data)

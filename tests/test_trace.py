@@ -76,3 +76,37 @@ def test_step_json_is_plain():
              "c", "argmax", 1, 0, Timing(0.1, 0.2, 0.3, 0.4, 1.0), 10, "", {"x": [1, 2]})
     line = json.loads(__import__("labkit.trace", fromlist=["event_to_json"]).event_to_json(s))
     assert line["type"] == "step" and line["nodes"][0]["token"] == 7 and line["state"] == {"x": [1, 2]}
+
+
+def test_trace_with_lazily_registered_events_loads_in_a_fresh_process(tmp_path):
+    """A trace holding sparsity frames loads where only labkit.trace was imported (the module that registers
+    the event type is imported on demand)."""
+    import subprocess
+    import sys
+
+    from labkit.sparsity import SparsityFrame
+
+    frame = SparsityFrame(step=1, kind="decode", policy="streaming_llm", kv_len=10, queries=(9,), layers=())
+    path = tmp_path / "t.jsonl"
+    save_trace(path, {"method": "x"}, [frame])
+    code = ("import sys; from labkit import trace; assert 'labkit.sparsity' not in sys.modules; "
+            f"t = trace.load_trace({str(path)!r}); print(type(t.events[0]).__name__, t.events[0].policy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["SparsityFrame", "streaming_llm"]
+
+
+def test_unsupported_method_fails_before_anything_runs(tiny, tmp_path):
+    """Session.stream checks Method.supports when it is called, not when the first Step is pulled: no trace file."""
+    from labkit.methods.autoregressive import Autoregressive
+    from labkit.session import Session
+
+    class Picky(Autoregressive):
+        @classmethod
+        def supports(cls, lm):
+            return "needs at least 100 layers"
+
+    lab = Session(lm=tiny("llama"))
+    path = tmp_path / "t.jsonl"
+    with pytest.raises(ValueError, match="cannot run on .*100 layers"):
+        lab.stream(Picky(lab.lm), "hello", max_new_tokens=4, chat=False, trace=str(path))
+    assert not path.exists()
