@@ -50,3 +50,24 @@ def tiny_lm(arch: str = "llama", *, seed: int = 0, **kw) -> LM:
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = None
     return LM(model=model, tokenizer=tiny_tokenizer(cfg.vocab_size), name=f"tiny-{arch}", source="random init")
+
+
+# ---- distribution tests on toy vocabularies ----------------------------------------------------------------
+
+def toy_dist(seed: int, v: int, peaked: float = 1.0) -> torch.Tensor:
+    """A random distribution over `v` tokens (softmax of scaled Gaussian logits), reproducible from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(v, generator=g) * peaked, -1)
+
+
+def chi2_pvalue(samples, p: torch.Tensor) -> float:
+    """Chi-square goodness of fit of integer `samples` against distribution `p`. A sample of a token that `p`
+    gives (numerically) zero probability fails at once: no test of a lossless rule should ever produce one."""
+    import numpy as np
+    from scipy.stats import chisquare
+
+    counts = np.bincount(np.asarray(samples), minlength=len(p)).astype(float)
+    expected = p.double().cpu().numpy() * len(samples)
+    keep = expected > 1e-9
+    assert counts[~keep].sum() == 0, "sampled a token the distribution gives zero probability"
+    return float(chisquare(counts[keep], expected[keep] * counts[keep].sum() / expected[keep].sum()).pvalue)

@@ -27,3 +27,15 @@ def smol():
     from labkit.models import load
 
     return load("smollm2-135m", dtype="float32", device="cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """Toy tensors: OpenMP threads only add contention (up to 10x slower on a loaded 2-core machine).
+    Modules that work on toy vocabularies use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

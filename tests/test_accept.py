@@ -6,25 +6,19 @@ Chi-square goodness of fit with enough samples to catch a wrong rule; a delibera
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from labkit import accept as A
 from labkit.trace import ACCEPTED, NOT_REACHED, REJECTED
+from labkit.testing import toy_dist, chi2_pvalue
 
 V = 6
-N = 12000
 
 
 def dist(seed, v=V, peaked=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.softmax(torch.randn(v, generator=g) * peaked, -1)
+    return toy_dist(seed, v, peaked)
 
 
-def chi2_pvalue(samples, p):
-    counts = np.bincount(samples, minlength=len(p)).astype(float)
-    expected = p.numpy().astype(float) * len(samples)
-    keep = expected > 0
-    return chisquare(counts[keep], expected[keep] * counts[keep].sum() / expected[keep].sum()).pvalue
+N = 12000
 
 
 def first_token(out, tokens):

@@ -10,36 +10,24 @@ Run with `-s` to print the measured distances.
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from labkit import accept as A
 from labkit import engine, methods
 from labkit import sampling as S
 from labkit.check import greedy_reference
+from labkit.testing import toy_dist, chi2_pvalue as pvalue
 
 V = 8
-N = 12000
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: OpenMP threads only add contention (up to 10x slower on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def dist(seed, v=V, peaked=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.softmax(torch.randn(v, generator=g) * peaked, -1)
+    return toy_dist(seed, v, peaked)
 
 
-def pvalue(samples, p):
-    counts = np.bincount(samples, minlength=len(p)).astype(float)
-    expected = p.double().numpy() * len(samples)
-    keep = expected > 1e-9
-    return chisquare(counts[keep], expected[keep] * counts[keep].sum() / expected[keep].sum()).pvalue
+N = 12000
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def empirical(samples, v=V):

@@ -9,7 +9,6 @@ filters equal transformers' logits warpers), EAD against its two extremes.
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from labkit import engine, methods, metrics
 from labkit import sampling as S
@@ -19,29 +18,16 @@ from labkit.methods.diverse_beam import DiverseBeamParams, DiverseBeamSearch
 from labkit.methods.ead import EADParams, EntropyAdaptive
 from labkit.methods.strategies import SAMPLERS, inverse_cdf, sampler_config
 from labkit.trace import ACCEPTED
+from labkit.testing import chi2_pvalue as pvalue
 
 PROMPT = [5, 9, 3, 7, 1, 5, 9, 3, 2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: OpenMP threads only add contention (up to 10x slower on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tokens_of(steps):
     return [t for s in steps for t in s.tokens]
-
-
-def pvalue(samples, p):
-    counts = np.bincount(samples, minlength=len(p)).astype(float)
-    expected = p.double().numpy() * len(samples)
-    keep = expected > 1e-9
-    assert counts[~keep].sum() == 0, "sampled a filtered-out token"
-    return chisquare(counts[keep], expected[keep] * counts[keep].sum() / expected[keep].sum()).pvalue
 
 
 def test_min_p_and_typical_filters_equal_transformers_warpers():

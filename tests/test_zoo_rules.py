@@ -13,7 +13,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from labkit import accept as A
 from labkit import sampling as S
@@ -23,30 +22,16 @@ from labkit.methods.dyspec import DySpec, DySpecParams
 from labkit.methods.rsd import RSDBeam, RSDConstant, RSDCParams, RSDSParams, conditioned_gumbel
 from labkit.methods.spectr import SpecTr, SpecTrParams
 from labkit.methods.static_tree import StaticTree, StaticTreeParams
+from labkit.testing import toy_dist, chi2_pvalue
 
 V = 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: OpenMP threads only add contention (10x slower on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def dist(seed, v=V, peaked=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.softmax(torch.randn(v, generator=g) * peaked, -1)
+    return toy_dist(seed, v, peaked)
 
 
-def chi2_pvalue(samples, p):
-    counts = np.bincount(samples, minlength=len(p)).astype(float)
-    expected = p.double().numpy() * len(samples)
-    keep = expected > 0
-    assert counts[~keep].sum() == 0, "a token with zero probability was produced"
-    return chisquare(counts[keep], expected[keep] * counts[keep].sum() / expected[keep].sum()).pvalue
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- K-SEQ as a pure rule ----------------------------------------------------------------------------
