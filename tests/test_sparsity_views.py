@@ -87,3 +87,14 @@ def test_policy_summary_means_skip_unmeasured_steps():
     assert m["kv_ratio"] == pytest.approx([22 / 24, 1.0]) and m["top1"] == [1.0, None]
     assert [t.name for t in fig.data] == ["attention recall", "top-1 agreement", "KV share read", "KL"]
     assert math.isnan(fig.data[3].y[1])
+
+
+def test_top_positions_mean_over_heads_one_head_and_top_k_rows():
+    f = frame()
+    assert views.top_positions(f, 0, k=2) == [(0, pytest.approx(0.3)), (3, pytest.approx(0.225))]
+    assert views.top_positions(f, 0, k=1, head=1) == [(2, pytest.approx(0.3))]
+    assert views.top_positions(f, 2, k=3) == [(0, 0.6), (3, 0.3), (1, 0.0)]  # top-k row: unstored = 0
+    with pytest.raises(ValueError, match="layer 1"):
+        views.top_positions(f, 1)
+    with pytest.raises(ValueError, match="head 5"):
+        views.top_positions(f, 0, head=5)

@@ -3,6 +3,7 @@ works: everything that is not a frame is skipped).
 
     views.layer_map(frame)               # layer x position: attention (mean over heads) or kept share
     views.head_map(frame, layer=3)       # head x position for one layer
+    views.top_positions(frame, layer=3)  # the positions a layer attended to most: [(position, attention), ...]
     views.residency_timeline(frames)     # decode step x position: kept / evicted / never seen
     views.fidelity(frames)               # recall, KL and top-1 agreement vs dense over steps, KV kept share
     views.kv_by_layer(frame)             # KV entries read per layer vs dense
@@ -107,6 +108,24 @@ def layer_map(frame: SparsityFrame, *, what: str = "attention", head: int | None
                             f"{what} ({who})", xaxis_title=_x_title(width, max_positions), yaxis_title="layer",
                       shapes=_context_edge(frame, len(xs), width, max_positions))
     return fig
+
+
+def top_positions(frame: SparsityFrame, layer: int, *, k: int = 5, head: int | None = None, row: int = -1
+                  ) -> list[tuple[int, float]]:
+    """The k positions that query row `row` attended to most in one recorded layer (attention averaged over the
+    recorded heads, or one head), as (position, attention) pairs, largest first. Rows stored as top-k only know
+    their stored positions."""
+    r = _row_index(frame, row)
+    width = _width(frame, r)
+    lf = next((lf for lf in frame.layers if lf.layer == layer), None)
+    if lf is None:
+        raise ValueError(f"layer {layer} was not recorded in frame {frame.step}")
+    vecs = [_head_values(frame, hf, "attention", r, width) for hf in lf.heads if head is None or hf.head == head]
+    if not vecs:
+        raise ValueError(f"head {head} was not recorded in layer {layer} of frame {frame.step}")
+    mean = [sum(col) / len(col) for col in zip(*vecs)]
+    order = sorted(range(width), key=lambda i: (-mean[i], i))[:k]
+    return [(i, mean[i]) for i in order]
 
 
 def head_map(frame: SparsityFrame, layer: int, *, what: str = "attention", row: int = -1,
