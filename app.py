@@ -61,10 +61,18 @@ def _float_step(lo: float, hi: float, default) -> float:
     return step
 
 
-def _param_component(method: str, p: dict):
+# The Live tab is for watching trees: on a CPU, Token Recycling's hardware-aware sizing (sizing=auto, the
+# library default) drafts little or nothing until its matrix is warm, so a first visitor would see no tree.
+# Live starts it on a fixed 16-node tree instead (sizing=auto is one click away); Compare keeps the defaults,
+# since it reports speed.
+LIVE_DEFAULTS = {"token_recycling": {"sizing": "off", "nodes": 16}}
+
+
+def _param_component(method: str, p: dict, defaults: dict | None = None):
     label = f"{p['name']}"
     info = p["help"] or None
-    lo, hi, default = p["lo"], p["hi"], p["default"]
+    lo, hi = p["lo"], p["hi"]
+    default = (defaults or {}).get(method, {}).get(p["name"], p["default"])
     elem_id = f"lk-param-{method}-{p['name']}"
     if p["choices"] is not None:
         return gr.Dropdown(choices=list(p["choices"]), value=default, label=label, info=info, elem_id=elem_id)
@@ -92,7 +100,7 @@ def _param_forms(prefix: str, layout, visible: set[str]):
             if prefix == "compare":
                 gr.Markdown(f"**{m}**")
             for p in ps:
-                comps.append(_param_component(m, p))
+                comps.append(_param_component(m, p, LIVE_DEFAULTS if prefix == "live" else None))
         groups[m] = g
     return comps, groups
 
@@ -277,8 +285,9 @@ def build(app: H.App) -> gr.Blocks:
 
         # ======================================================================== events
         def arm(visitor):
+            """Runs before a job is queued: a fresh stop flag, and the previous run's message cleared at once."""
             visitor.arm()
-            return visitor
+            return visitor, "queued…"
 
         def request_stop(visitor):
             if visitor.request_stop():
@@ -306,7 +315,7 @@ def build(app: H.App) -> gr.Blocks:
         def explorer_fn(visitor, key=None, index=None):
             return _explorer_values(app.explorer(visitor, key, index))
 
-        live_ev = run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+        live_ev = run.click(arm, state, [state, status], queue=False, show_progress="hidden", api_visibility="private").then(
             live_fn, live_inputs, live_outputs, api_name="live", show_progress_on=[status], **heavy)
         live_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
         stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
@@ -341,7 +350,7 @@ def build(app: H.App) -> gr.Blocks:
         col_outputs = list(c_cols)
         for i in range(H.COMPARE_COLUMNS):
             col_outputs += [c_titles[i], c_metrics[i], c_streams[i]]
-        compare_ev = c_run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+        compare_ev = c_run.click(arm, state, [state, c_status], queue=False, show_progress="hidden", api_visibility="private").then(
             compare_fn, compare_inputs, [state, c_status, c_verdict, c_plot, *col_outputs], api_name="compare",
             show_progress_on=[c_status], **heavy)
         compare_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
@@ -370,7 +379,7 @@ def build(app: H.App) -> gr.Blocks:
                 yield (visitor, _status(u), _v(u.metrics), _v(u.html), _v(u.heatmap), _v(u.timeline),
                        _v(u.fidelity))
 
-        s_ev = s_run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+        s_ev = s_run.click(arm, state, [state, s_status], queue=False, show_progress="hidden", api_visibility="private").then(
             sparsity_fn, [state, s_model, s_policy, s_budget, s_prompt, s_max_new, s_method, s_chat],
             [state, s_status, s_metrics, s_stream, s_heat, s_timeline, s_fid], api_name="sparsity",
             show_progress_on=[s_status], **heavy)
@@ -387,7 +396,7 @@ def build(app: H.App) -> gr.Blocks:
                                                                              columns=H.BENCH_HEADERS)
                 yield visitor, _status(u), table, _v(u.speedup_plot), _v(u.accept_plot)
 
-        b_run.click(arm, state, state, queue=False, show_progress="hidden", api_visibility="private").then(
+        b_run.click(arm, state, [state, b_status], queue=False, show_progress="hidden", api_visibility="private").then(
             bench_fn, [state, b_model, b_methods, b_cats, b_n, b_max_new],
             [state, b_status, b_table, b_speed, b_accept], api_name="bench", **heavy)
         b_stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
