@@ -63,9 +63,9 @@ def _float_step(lo: float, hi: float, default) -> float:
 
 # The Live tab is for watching trees: on a CPU, Token Recycling's hardware-aware sizing (sizing=auto, the
 # library default) drafts little or nothing until its matrix is warm, so a first visitor would see no tree.
-# Live starts it on a fixed 16-node tree instead (sizing=auto is one click away); Compare keeps the defaults,
-# since it reports speed.
-LIVE_DEFAULTS = {"token_recycling": {"sizing": "off", "nodes": 16}}
+# Live starts it on a fixed 16-node tree with the matrix pre-filled from the prompt (prompt_rows) instead;
+# sizing=auto is one click away. Compare keeps the library defaults, since it reports speed.
+LIVE_DEFAULTS = {"token_recycling": {"sizing": "off", "nodes": 16, "prompt_rows": True}}
 
 
 def _param_component(method: str, p: dict, defaults: dict | None = None):

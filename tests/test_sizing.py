@@ -164,3 +164,25 @@ def test_token_recycling_warm_up_drafts_big_trees(tiny):
     assert [t for s in steps for t in s.tokens] == greedy_reference(lm, ids, 20)
     assert all(s.state.get("warm_up") for s in steps if s.kind == "decode")
     assert max(len(s.nodes) for s in steps) > 16 and m._pinned is None
+
+
+def test_token_recycling_prompt_rows_drafts_from_the_first_round(tiny):
+    """prompt_rows fills the matrix from the prompt before decoding: the rows of the prompt's tokens are known
+    before round 1 (so a fresh matrix drafts as soon as the root is a token the prompt holds), the output stays
+    token-identical, and the first decode Step says what was read."""
+    from labkit import engine, methods
+    from labkit.check import greedy_reference
+
+    lm = tiny("llama")
+    prompt = [5, 9, 3, 7, 1, 5, 9, 3, 2, 5, 9]
+    drafted, first = {}, {}
+    for name, extra in (("cold", {}), ("warm", {"prompt_rows": True})):
+        m = methods.create("token_recycling", lm, {"sizing": "off", "nodes": 8, **extra})
+        steps = list(engine.decode(lm, m, prompt, max_new_tokens=16))
+        assert [t for s in steps for t in s.tokens] == greedy_reference(lm, prompt, 16)
+        drafted[name] = sum(len(s.nodes) for s in steps)
+        first[name] = steps[1].state
+    assert "prompt_rows" not in first["cold"]
+    assert first["warm"]["prompt_rows"] == {"read": len(prompt), "new_rows": len(set(prompt))}
+    assert first["warm"]["matrix_rows_known"] >= len(set(prompt)) > first["cold"]["matrix_rows_known"]
+    assert drafted["warm"] > drafted["cold"], drafted
