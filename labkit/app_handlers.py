@@ -27,9 +27,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from . import methods
+from . import engine, methods
 from . import metrics as M
 from . import trace as TR
 from .models import DEFAULT_MODEL, EMBEDDED, LM, ModelLoadError, load
@@ -571,9 +571,7 @@ class App:
         return f"loading model {model} (first use in this server; later runs start at once)…"
 
     def _supports(self, name: str, lm: LM) -> None:
-        reason = methods.get(name).supports(lm)
-        if reason:
-            raise ValueError(f"{name} cannot run on {lm.name}: {reason}")
+        engine.check_supported(methods.get(name), lm)
 
     busy_timeout = 5.0  # seconds a new run waits for the visitor's previous one (e.g. just after Stop)
 
@@ -995,7 +993,6 @@ class App:
             yield SparsityUpdate(error=why, done=True)
             return
         SP = sparsity_module()
-        from .sparsity import views as SPV
 
         cfg = self.config
         try:

@@ -251,6 +251,13 @@ def _stop_at(tokens: list[int], eos: frozenset[int], budget: int) -> tuple[list[
     return out, ("length" if len(out) >= budget else "")
 
 
+def check_supported(method: "Method | type[Method]", lm: LM) -> None:
+    """Raise ValueError with one clear line when `method` (an instance or a registered class) cannot run on `lm`."""
+    reason = method.supports(lm)
+    if reason:
+        raise ValueError(f"{method.name} cannot run on {lm.name}: {reason}")
+
+
 def check_request(lm: LM, prompt: list[int], max_new_tokens: int) -> None:
     """Raise ValueError with one clear line for a request the model cannot serve."""
     if not prompt:
@@ -273,9 +280,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     check_request(lm, prompt, max_new_tokens)
     gen = torch.Generator(device=_logits_device(lm))
     gen.manual_seed(sampling.seed)
-    reason = method.supports(lm)
-    if reason:
-        raise ValueError(f"{method.name} cannot run on {lm.name}: {reason}")
+    check_supported(method, lm)
     method.detail = detail
     if method.custom_loop:
         method.target = None

@@ -83,9 +83,7 @@ class Session:
                 params: dict | None = None) -> tuple[engine.Method, list[int], dict]:
         """Validate a request and resolve it to (method instance, prompt ids, run config)."""
         m = self.method(method, **(params or {})) if isinstance(method, str) else method
-        reason = m.supports(self.lm)
-        if reason:
-            raise ValueError(f"{m.name} cannot run on {self.model_name}: {reason}")
+        engine.check_supported(m, self.lm)
         sampling = sampling or S.GREEDY
         if isinstance(prompt, str):
             if not prompt.strip():

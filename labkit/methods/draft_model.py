@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import sampling as S
-from ..engine import Method, Proposal, Verified
+from ..engine import Method, Proposal
 from ..models import LM, load
 from ..params import ParamError, param
 

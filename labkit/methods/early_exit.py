@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import sampling as S
-from ..engine import Method, Proposal, Verified
+from ..engine import Method, Proposal, Verified, check_supported
 from ..layers import LayerStack, scratch
 from ..params import param
 
@@ -83,9 +83,7 @@ class EarlyExit(Method):
 
     def __init__(self, lm, params=None):
         super().__init__(lm, params)
-        reason = self.supports(lm)
-        if reason:
-            raise ValueError(f"{self.name} cannot run on {lm.name}: {reason}")
+        check_supported(self, lm)
         self.stack = LayerStack(lm)
         self.exits = candidate_exits(self.stack.n_layers, self.params.exits, self.params.min_exit)
         self.head = self.stack.head_cost()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import sampling as S
-from ..engine import Method, Proposal, Verified
+from ..engine import Method, Proposal, Verified, check_supported
 from ..layers import LayerStack, scratch
 from ..params import param
 
@@ -68,9 +68,7 @@ class Swift(Method):
 
     def __init__(self, lm, params=None):
         super().__init__(lm, params)
-        reason = self.supports(lm)
-        if reason:
-            raise ValueError(f"{self.name} cannot run on {lm.name}: {reason}")
+        check_supported(self, lm)
         self.stack = LayerStack(lm)
         n = self.stack.n_layers
         self.k = min(n - 1, max(1, round(self.params.skip_ratio * n)))
