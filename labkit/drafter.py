@@ -46,6 +46,11 @@ def resolve_draft(lm: LM, spec: str) -> LM:
         draft = truncated_copy(lm, n)
     else:
         draft = load(spec, dtype=lm.dtype, device=str(lm.device))
+    return same_tokenizer(lm, draft, spec)
+
+
+def same_tokenizer(lm: LM, draft: LM, spec: str) -> LM:
+    """`draft`, if it shares the target's vocabulary (token ids must mean the same on both sides)."""
     if draft.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
         raise ParamError(f"draft model {spec!r} does not share the target's tokenizer")
     return draft

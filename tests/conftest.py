@@ -22,6 +22,18 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random-init Llama saved to a folder, for code that loads models by path (CLI, bench)."""
+    from labkit import testing
+
+    lm = testing.tiny_lm("llama")
+    d = tmp_path_factory.mktemp("tiny")
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
 def smol():
     """The embedded SmolLM2-135M-Instruct in fp32 (converted from GGUF on first use, then cached)."""
     from labkit.models import load

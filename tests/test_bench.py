@@ -10,17 +10,6 @@ from labkit.cli import main
 CATS = "qa,math_reasoning"  # short prompts: they fit the tiny model's 1024-token context
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from labkit.testing import tiny_lm
-
-    lm = tiny_lm("llama")
-    d = tmp_path_factory.mktemp("tiny_bench")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return str(d)
-
-
 @pytest.fixture(autouse=True)
 def cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path_factory.getbasetemp() / "labkit_cache"))

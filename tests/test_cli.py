@@ -6,17 +6,6 @@ import pytest
 from labkit.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from labkit.testing import tiny_lm
-
-    lm = tiny_lm("llama")
-    d = tmp_path_factory.mktemp("tiny")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return str(d)
-
-
 @pytest.mark.parametrize("argv, msg", [
     (["run", "--method", "nope", "--prompt", "hi"], "unknown method 'nope'"),
     (["run", "--prompt", "   "], "the prompt is empty"),

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import sampling as S
+from ..drafter import resolve_draft, same_tokenizer
 from ..engine import Method, Proposal
-from ..models import LM, load
+from ..models import LM
 from ..params import ParamError, param
 
 
@@ -61,21 +62,7 @@ class DraftModel(Method):
     def __init__(self, lm: LM, params=None, draft_lm: LM | None = None):
         super().__init__(lm, params)
         spec = self.params.draft
-        if draft_lm is not None:
-            self.draft = draft_lm
-        elif spec == "self":
-            self.draft = lm
-        elif spec.startswith("self:"):
-            arg = spec.split(":", 1)[1]
-            try:
-                n = max(1, round(lm.config.num_hidden_layers / 5)) if arg == "auto" else int(arg)
-            except ValueError:
-                raise ParamError(f"draft={spec!r}: expected self:N with an integer N, or self:auto") from None
-            self.draft = truncated_copy(lm, n)
-        else:
-            self.draft = load(spec, dtype=lm.dtype, device=str(lm.device))
-        if self.draft.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-            raise ParamError(f"draft model {spec!r} does not share the target's tokenizer")
+        self.draft = resolve_draft(lm, spec) if draft_lm is None else same_tokenizer(lm, draft_lm, spec)
         self._fresh_cache()
 
     def _fresh_cache(self) -> None:
