@@ -101,16 +101,6 @@ def _text(page, sel: str) -> str:
     return loc.inner_text() if loc.count() else ""
 
 
-def _fill(page, sel: str, text: str) -> None:
-    """Type into a Gradio textbox and let the app see it: Gradio takes the value from its input/blur events,
-    and a click that follows a bare fill() at once can still send the old value."""
-    box = page.locator(sel)
-    box.fill(text)
-    box.dispatch_event("input")
-    box.blur()
-    page.wait_for_timeout(300)
-
-
 def _wait_text(page, sel: str, pattern: str, timeout: float = 150) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -146,7 +136,7 @@ def test_page_loads_offline(page):
 
 def test_empty_prompt_is_a_clear_message(page):
     _tab(page, "Live")
-    _fill(page, "#lk-live-prompt textarea", "   ")
+    page.fill("#lk-live-prompt textarea", "   ")
     page.click("#lk-live-run")
     _wait_text(page, "#lk-live-status", r"the prompt is empty", timeout=60)
     page.screenshot(path=str(SHOTS / "01_empty_prompt.png"), full_page=True)
@@ -154,7 +144,7 @@ def test_empty_prompt_is_a_clear_message(page):
 
 def test_live_streams_text_and_tree(page):
     _tab(page, "Live")
-    _fill(page, "#lk-live-prompt textarea", "Explain in a few sentences why the sky is blue.")
+    page.fill("#lk-live-prompt textarea", "Explain in a few sentences why the sky is blue.")
     _set_slider(page, "#lk-live-max-new", 16)
     page.click("#lk-live-run")
     seen = set()
@@ -180,7 +170,7 @@ def test_live_streams_text_and_tree(page):
 
 def test_stop_works(page):
     _tab(page, "Live")
-    _fill(page, "#lk-live-prompt textarea", "Write a long story about a lighthouse keeper and a storm.")
+    page.fill("#lk-live-prompt textarea", "Write a long story about a lighthouse keeper and a storm.")
     _set_slider(page, "#lk-live-max-new", 128)
     page.click("#lk-live-run")
     _wait_text(page, "#lk-live-status", r"generating", timeout=60)
@@ -192,7 +182,7 @@ def test_stop_works(page):
 
 def test_compare_side_by_side(page):
     _tab(page, "Compare")
-    _fill(page, "#lk-compare-prompt textarea", "Explain in a few sentences why the sky is blue.")
+    page.fill("#lk-compare-prompt textarea", "Explain in a few sentences why the sky is blue.")
     _set_slider(page, "#lk-compare-max-new", 16)
     page.click("#lk-compare-run")
     _wait_text(page, "#lk-compare-status", r"^(done|stopped|⚠)", timeout=150)
