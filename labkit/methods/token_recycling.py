@@ -130,6 +130,7 @@ class TokenRecycling(Method):
         self._candidates = candidates
         self.set_template(best_subtree(candidates, self.params.nodes))
         self._first_round = True
+        self._prompt_info: dict = {}  # what prompt_rows did, reported in the next proposal's state
         self._pinned: _Template | None = None
 
     def set_template(self, choices) -> None:
@@ -198,7 +199,7 @@ class TokenRecycling(Method):
         tpl, info = self._template()
         self._first_round = False
         n = len(tpl.parents)
-        state = {"template_nodes": n, **info, **getattr(self, "_prompt_info", {})}
+        state = {"template_nodes": n, **info, **self._prompt_info}
         self._prompt_info = {}
         if n == 0:
             state["drafted"] = 0
