@@ -6,6 +6,7 @@ the user cache dir, so later loads take about a second.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -171,13 +172,32 @@ def embedded_path(name: str) -> Path:
     """Local folder with the converted embedded model (converting on first use)."""
     spec = EMBEDDED[name]
     target = cache_dir() / "models" / name
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        print(f"[labkit] converting embedded model {name} from GGUF (first use only, ~30-90 s)...", flush=True)
-        _convert_embedded(spec, target)
-        print(f"[labkit] cached {name} at {target} ({time.time() - t0:.0f} s)", flush=True)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{name}.lock"):  # processes starting at once convert it once
+        if not (target / "config.json").exists():
+            t0 = time.time()
+            print(f"[labkit] converting embedded model {name} from GGUF (first use only, ~30-90 s)...", flush=True)
+            _convert_embedded(spec, target)
+            print(f"[labkit] cached {name} at {target} ({time.time() - t0:.0f} s)", flush=True)
     return target
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock between processes (POSIX flock); a no-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent first loads each convert; the atomic rename keeps the cache whole
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = None, device: str | None = None,

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.xdist_group("browser")]  # one app, one page
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("LABKIT_SHOTS", "/tmp/labkit_shots"))
