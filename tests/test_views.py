@@ -215,6 +215,51 @@ def test_method_state_token_recycling_rows():
     assert "17 rows known" in fig.layout.title.text
 
 
+def test_method_state_aded_rows_and_puct_terms():
+    # root context (7, 100); node 0 (' t11') accepted, its child 1 (' t12') rejected, node 2 (' t13') not reached
+    nodes = [node(11, -1, 1, ACCEPTED), node(12, 0, 2, REJECTED), node(13, -1, 1, NOT_REACHED)]
+    state = {"rows": {"7,100": ["tri", [11, 0.6], [13, 0.3], [14, 0.1]], "100,11": ["bi", [12, 0.9]]},
+             "branches": [{"p": 0.6, "q": 0.6, "u": 0.3}, {"p": 0.9, "q": 0.2, "u": 0.45},
+                          {"p": 0.3, "q": 0.3, "u": 0.15}],
+             "simulations": 3, "rows_updated": 4, "tested": 2, "accepted_transitions": 1}
+    fig = views.method_state(mk(4, nodes, [0], [11, 40], state=state))  # detected from the state's keys
+    assert fig.layout.meta["method"] == "aded" and fig.layout.meta["contexts"] == ["7,100", "100,11"]
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    # codes: stored 0, not reached 1, rejected 2, accepted 3; short rows padded with None
+    assert [list(r) for r in heat.z] == [[3, 1, 0], [2, None, None]]
+    assert heat.text[0][0] == "␣t11<br>0.60" and list(heat.y) == ["#7 ␣root (tri)", "␣root ␣t11 (bi)"]
+    bars = {t.name: list(t.y) for t in fig.data if t.type == "bar"}
+    assert bars == {"P: matrix probability": [0.6, 0.9, 0.3], "Q: observed acceptance": [0.6, 0.2, 0.3],
+                    "U: exploration bonus": [0.3, 0.45, 0.15]}
+    assert "2 rows read (1 tri-gram, 1 bigram) in 3 simulations for 3 nodes" in fig.layout.title.text
+    assert "1/2 tested transitions accepted" in fig.layout.title.text
+
+
+def test_method_state_lookahead_window_and_pool():
+    # pool trie: n-gram (11, 12) -> nodes 0, 1; window 2 columns x 2 levels: trunk nodes 2, 3, diagonals 4, 5
+    nodes = [node(11, -1, 1, ACCEPTED), node(12, 0, 2, REJECTED), node(21, -1, 1, NOT_REACHED),
+             node(22, 2, 2, NOT_REACHED), node(31, 2, 2, NOT_REACHED), node(32, 3, 3, NOT_REACHED)]
+    state = {"window": [[21, 22], [31, 32]], "pool_size": 5, "candidates": [[11, 12], [11, 40, 41]],
+             "pool_nodes": 2, "won": "pool[0]", "harvested": 2}
+    fig = views.method_state(mk(6, nodes, [0], [11, 40], state=state))
+    assert fig.layout.meta["method"] == "lookahead" and list(fig.layout.meta["hits"]) == [1, 1]
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    assert [list(r) for r in heat.text] == [["␣t21", "␣t22"], ["␣t31", "␣t32"]]
+    assert [list(r) for r in heat.z] == [[0, 0], [0, 0]]
+    table = next(t for t in fig.data if t.type == "table")
+    assert list(table.cells.values[1]) == ["1 / 2", "1 / 3"]
+    assert "won: pool[0]" in fig.layout.title.text
+
+
+def test_method_state_swift_skip_sets():
+    state = {"skip": [1, 3], "skipped": 2, "layers": 5, "phase": "search", "skip_acceptance": 0.5,
+             "search": {"candidate": [1, 2], "candidate_match": 0.7, "current_match": 0.4, "adopted": True}}
+    fig = views.method_state(mk(2, [], [], [3], state=state))
+    assert fig.layout.meta["method"] == "swift"
+    assert [list(r) for r in fig.layout.meta["skip"]] == [[0, 1, 0, 1, 0], [0, 1, 1, 0, 0]]
+    assert list(fig.data[0].y) == ["draft uses", "candidate (adopted)"]
+
+
 def test_method_state_generic_fallback_and_registry():
     s = mk(2, [], [], [3], state={"pool": [[1, 2], [3, 4]], "window": 4, "note": "n-gram pool"})
     fig = views.method_state(s, "lookahead_like")
@@ -351,6 +396,22 @@ def test_views_on_a_real_run(tiny):
         views.tree_mask(s)
         views.method_state(s, "token_recycling")
     views.acceptance_stats(tr.steps)
+    aded = lab.run("aded", [1, 2, 3, 1, 2, 3, 1, 2], max_new_tokens=16)
+    for s in aded.steps:
+        if s.kind == "decode":
+            fig = views.method_state(s)
+            assert fig.layout.meta["method"] == "aded" and list(fig.layout.meta["contexts"]) == list(s.state["rows"])
+    look = lab.run("lookahead", [1, 2, 3, 1, 2, 3, 1, 2], max_new_tokens=16)
+    for s in look.steps:
+        if s.kind == "decode":  # each window cell is labelled with the token of the tree node it was verified as
+            heat = views.method_state(s).data[0]
+            w = s.state["window"]
+            at = {(lev, j): s.state["pool_nodes"] + (j if lev == 0 else len(w[0]) + j * (len(w) - 1) + lev - 1)
+                  for lev in range(len(w)) for j in range(len(w[0]))}
+            node_text = {k: views.show_token(s.nodes[i].text) for k, i in at.items() if i < len(s.nodes)}
+            assert {k: heat.text[k[0]][k[1]] for k in node_text} == node_text
+    assert views.method_state(lab.run("swift", [1, 2, 3, 1], max_new_tokens=6).steps[-1]).layout.meta["method"] \
+        == "swift"
     views.token_stream(tr.steps)
     pts = lab.measure_latency((1, 4), repeats=2, context=16, shape="tree")
     assert [n for n, _ in pts] == [1, 1, 4, 4] and all(s > 0 for _, s in pts)

@@ -132,7 +132,7 @@ class Swift(Method):
                 if float(q.max()) < p.stop_conf:
                     break
                 ids, pos = [x], pos + 1
-        state.update({"skip": sorted(self.skip), "skipped": len(self.skip),
+        state.update({"skip": sorted(self.skip), "skipped": len(self.skip), "layers": self.stack.n_layers,
                       "phase": "search" if "search" in state else "frozen"})
         return Proposal(tokens=tokens, parents=list(range(-1, len(tokens) - 1)), q=torch.stack(qs),
                         draft_forwards=len(tokens), state=state)
