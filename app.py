@@ -68,12 +68,12 @@ def _float_step(lo: float, hi: float, default) -> float:
 LIVE_DEFAULTS = {"token_recycling": {"sizing": "off", "nodes": 16, "prompt_rows": True}}
 
 
-def _param_component(method: str, p: dict, defaults: dict | None = None):
+def _param_component(prefix: str, method: str, p: dict, defaults: dict | None = None):
     label = f"{p['name']}"
     info = p["help"] or None
     lo, hi = p["lo"], p["hi"]
     default = (defaults or {}).get(method, {}).get(p["name"], p["default"])
-    elem_id = f"lk-param-{method}-{p['name']}"
+    elem_id = f"lk-{prefix}-param-{method}-{p['name']}"  # ids are unique on the page: Live and Compare differ
     if p["choices"] is not None:
         return gr.Dropdown(choices=list(p["choices"]), value=default, label=label, info=info, elem_id=elem_id)
     if p["type"] == "bool":
@@ -100,7 +100,7 @@ def _param_forms(prefix: str, layout, visible: set[str]):
             if prefix == "compare":
                 gr.Markdown(f"**{m}**")
             for p in ps:
-                comps.append(_param_component(m, p, LIVE_DEFAULTS if prefix == "live" else None))
+                comps.append(_param_component(prefix, m, p, LIVE_DEFAULTS if prefix == "live" else None))
         groups[m] = g
     return comps, groups
 

@@ -44,9 +44,10 @@ def test_pickers_and_forms_come_from_the_registry(appmod):
     compare = next(b for b in _components(appmod.demo, gr.Dropdown) if b.elem_id == "lk-compare-methods")
     assert compare.multiselect and compare.max_choices == H.MAX_COMPARE
     assert [v for _, v in compare.choices] == list(methods.REGISTRY)
-    ids = {b.elem_id for b in appmod.demo.blocks.values() if getattr(b, "elem_id", None)}
-    for name, p in H.param_layout():
-        assert f"lk-param-{name}-{p['name']}" in ids  # one input per parameter of every registered method
+    all_ids = [b.elem_id for b in appmod.demo.blocks.values() if getattr(b, "elem_id", None)]
+    assert sorted(i for i in set(all_ids) if all_ids.count(i) > 1) == []  # an id names one element
+    for name, p in H.param_layout():  # one input per parameter of every registered method, in both tabs
+        assert {f"lk-live-param-{name}-{p['name']}", f"lk-compare-param-{name}-{p['name']}"} <= set(all_ids)
 
 
 def test_models_picker_is_the_allow_list(appmod):
