@@ -88,6 +88,15 @@ class Method:
     def start(self, prompt: list[int], sampling: S.SamplingConfig) -> None:
         """Called once per generation, before the first proposal."""
 
+    def prompt_positions(self) -> int:
+        """How many of the prompt's last positions this method wants the target's logits of (0: none). The
+        engine computes them in its own prefill pass and hands them to `observe_prompt`: no extra forward."""
+        return 0
+
+    def observe_prompt(self, prompt: list[int], logits: torch.Tensor) -> None:
+        """Called after the prefill when `prompt_positions()` > 0: `logits[i]` are the target's next-token
+        logits after prompt[len(prompt) - len(logits) + i]."""
+
     def propose(self, seq: list[int], sampling: S.SamplingConfig, generator: torch.Generator) -> Proposal:
         return Proposal()
 
@@ -139,7 +148,8 @@ class Target:
         self._blocks: dict[tuple[int, ...], torch.Tensor] = {}  # tree part of the mask, per tree shape
         self.device, self.dtype = lm.device, lm.dtype  # looked up once: the properties walk the parameters
 
-    def _forward(self, ids: list[int], positions: list[int], mask, keep_last: bool = False) -> torch.Tensor:
+    def _forward(self, ids: list[int], positions: list[int], mask, keep: int = 0) -> torch.Tensor:
+        """Logits [len(ids), V], or of the last `keep` positions only (keep > 0)."""
         dev = self.device
         kwargs: dict[str, Any] = dict(
             input_ids=torch.tensor([ids], device=dev),
@@ -147,16 +157,17 @@ class Target:
             past_key_values=self.cache, use_cache=True)
         if mask is not None:
             kwargs["attention_mask"] = mask
-        if keep_last and self._keep_arg:
-            kwargs["logits_to_keep"] = 1
+        if keep and self._keep_arg:
+            kwargs["logits_to_keep"] = keep
         out = self.model(**kwargs)
-        return out.logits[0, -1:] if keep_last else out.logits[0]
+        return out.logits[0, -keep:] if keep else out.logits[0]
 
     @torch.inference_mode()
-    def prefill(self, prompt: list[int]) -> torch.Tensor:
-        logits = self._forward(prompt, list(range(len(prompt))), None, keep_last=True)
+    def prefill(self, prompt: list[int], keep: int = 1) -> torch.Tensor:
+        """Fill the cache with the prompt; the logits [keep, V] after its last `keep` positions."""
+        logits = self._forward(prompt, list(range(len(prompt))), None, keep=max(1, min(keep, len(prompt))))
         self.kv_len = len(prompt)
-        return logits[-1]
+        return logits
 
     def mask(self, parents: Sequence[int]):
         """The 4D mask for a tree (None for a chain: the model's causal mask is the tree mask)."""
@@ -297,8 +308,13 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
 
     # prefill
     t0 = time.perf_counter()
-    logits = target.prefill(prompt)
+    want = min(method.prompt_positions(), len(prompt))
+    logits = target.prefill(prompt, keep=want)
     t1 = time.perf_counter()
+    if want:
+        method.observe_prompt(prompt, logits[-want:])
+    logits = logits[-1]
+    t_obs = time.perf_counter()
     if sampling.greedy:
         first, how = int(logits.argmax()), BONUS_ARGMAX
     else:
@@ -311,7 +327,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     yield Step(index=0, kind="prefill", root=prompt[-1], root_text=label(prompt[-1]) if detail else "",
                nodes=(), accepted=(), tokens=(first,), text=text, bonus=first,
                bonus_text=label(first) if detail else "", bonus_how=how, target_forwards=1, draft_forwards=0,
-               timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t2 - t0), kv_len=target.kv_len,
+               timing=Timing(verify=t1 - t0, commit=t_obs - t1, accept=t2 - t_obs, total=t2 - t0), kv_len=target.kv_len,
                finished=finished)
 
     index = 1

@@ -176,12 +176,30 @@ def test_token_recycling_prompt_rows_drafts_from_the_first_round(tiny):
     lm = tiny("llama")
     prompt = [5, 9, 3, 7, 1, 5, 9, 3, 2, 5, 9]
     drafted, first = {}, {}
-    for name, extra in (("cold", {}), ("warm", {"prompt_rows": True})):
-        m = methods.create("token_recycling", lm, {"sizing": "off", "nodes": 8, **extra})
-        steps = list(engine.decode(lm, m, prompt, max_new_tokens=16))
-        assert [t for s in steps for t in s.tokens] == greedy_reference(lm, prompt, 16)
-        drafted[name] = sum(len(s.nodes) for s in steps)
-        first[name] = steps[1].state
+    calls = []
+    hook = lm.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for name, extra in (("cold", {}), ("warm", {"prompt_rows": True})):
+            m = methods.create("token_recycling", lm, {"sizing": "off", "nodes": 8, **extra})
+            calls.clear()
+            gen = engine.decode(lm, m, prompt, max_new_tokens=16)
+            steps = [next(gen)]
+            rows_after_prefill = m.matrix.clone()  # the warm run's is checked below
+            steps += list(gen)
+            assert len(calls) == len(steps)  # one target forward per round: the prompt is read by the prefill
+            assert [t for s in steps for t in s.tokens] == greedy_reference(lm, prompt, 16)
+            drafted[name] = sum(len(s.nodes) for s in steps)
+            first[name] = steps[1].state
+    finally:
+        hook.remove()
+    # row of prompt[i] = the target's top-k after position i (the last occurrence of each token wins)
+    import torch
+
+    with torch.inference_mode():
+        logits = lm.model(torch.tensor([prompt])).logits[0]
+    for i, tok in enumerate(prompt):
+        if tok not in prompt[i + 1:]:
+            assert rows_after_prefill[tok].tolist() == torch.topk(logits[i], 8).indices.tolist()
     assert "prompt_rows" not in first["cold"]
     assert first["warm"]["prompt_rows"] == {"read": len(prompt), "new_rows": len(set(prompt))}
     assert first["warm"]["matrix_rows_known"] >= len(set(prompt)) > first["cold"]["matrix_rows_known"]

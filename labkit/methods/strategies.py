@@ -105,7 +105,7 @@ class TokenByToken(Method):
         eos = lm.eos_ids
         label = (lambda t: lm.token_texts([t])[0]) if detail else str
         t0 = time.perf_counter()
-        logits = target.prefill(prompt)
+        logits = target.prefill(prompt)[-1]
         root, n = prompt[-1], 0
         while True:
             t1 = time.perf_counter()

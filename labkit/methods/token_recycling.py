@@ -16,8 +16,9 @@ Recycling", ACL 2025, arXiv:2408.08696. Lossless (training-free tree drafts, ver
   With `sizing=off`, the best `nodes` template paths by a fixed rank prior are drafted every round.
 - After verification, every verified position (the root and all nodes) refreshes its row with the top-k
   of its target logits. The matrix persists across prompts of a session until `reset()`.
-- `prompt_rows=True` (off by default; a labkit extension) fills the rows of the prompt's tokens from one extra
-  forward over the prompt before decoding, so a fresh matrix drafts from the first round.
+- `prompt_rows=True` (off by default; a labkit extension) fills the rows of the prompt's tokens from the
+  target's logits at the prompt's positions (the engine's own prefill pass computes them: no extra forward,
+  only the LM head over up to 256 positions), so a fresh matrix drafts from the first round.
 """
 from __future__ import annotations
 
@@ -80,12 +81,12 @@ class TokenRecyclingParams:
     sizing: str = param("auto", "auto: hardware-aware tree size from the measured latency curve and the observed "
                                 "acceptance (down to plain decoding); off: always `nodes` nodes",
                         choices=("auto", "off"))
-    prompt_rows: bool = param(False, "before decoding, fill the matrix from the prompt: one extra forward over its "
-                                     "last 256 tokens, each position's top-k becomes its token's row (a labkit "
-                                     "extension, not in the paper: a fresh matrix can draft from the first round)")
+    prompt_rows: bool = param(False, "fill the matrix from the prompt: the prefill's top-k at each of the prompt's "
+                                     "last 256 positions becomes that token's row (a labkit extension, not in the "
+                                     "paper: a fresh matrix can draft from the first round)")
 
 
-PROMPT_ROWS_MAX = 256  # prompt tokens read by prompt_rows (bounds the extra forward and its [n, V] logits)
+PROMPT_ROWS_MAX = 256  # prompt positions read by prompt_rows (bounds the prefill's [n, V] logits)
 
 
 @dataclass(frozen=True)
@@ -147,20 +148,21 @@ class TokenRecycling(Method):
 
     def start(self, prompt, sampling) -> None:
         self._first_round = True
-        self._prompt_info = self._rows_from_prompt(prompt) if self.params.prompt_rows else {}
+        self._prompt_info = {}
+
+    def prompt_positions(self) -> int:
+        return PROMPT_ROWS_MAX if self.params.prompt_rows else 0
 
     @torch.inference_mode()
-    def _rows_from_prompt(self, prompt: list[int]) -> dict:
-        """Overwrite the rows of the prompt's tokens with the target's top-k after each of them (a stock forward
-        over the prompt's tail, no cache). Returns what it did, for the first Step's state."""
-        ids = list(prompt[-PROMPT_ROWS_MAX:])
-        logits = self.lm.model(input_ids=torch.tensor([ids], device=self.lm.device), use_cache=False).logits[0]
+    def observe_prompt(self, prompt: list[int], logits: torch.Tensor) -> None:
+        """prompt_rows: overwrite the rows of the prompt's tokens with the target's top-k after each of them
+        (from the engine's prefill pass); what it did goes into the first decode Step's state."""
+        inputs = np.asarray(prompt[len(prompt) - len(logits):], dtype=np.int64)
         top = torch.topk(logits, self.params.k, dim=-1).indices.cpu().numpy()
-        inputs = np.asarray(ids, dtype=np.int64)
         new_rows = np.unique(inputs[self._m[inputs, 0] < 0])
         self._known += int(new_rows.size)
         self._m[inputs] = top
-        return {"prompt_rows": {"read": len(ids), "new_rows": int(new_rows.size)}}
+        self._prompt_info = {"prompt_rows": {"read": len(inputs), "new_rows": int(new_rows.size)}}
 
     @contextlib.contextmanager
     def warm_up(self, nodes: int = 80):
