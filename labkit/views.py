@@ -730,22 +730,18 @@ def lookahead_state(step: Step, token_text: Callable[[int], str] | None = None) 
     the target did with it) and the pool n-grams verified beside it (how many of their tokens were accepted)."""
     st = step.state or {}
     window = st.get("window", []) or []
+    cells = st.get("window_nodes", []) or []  # the tree node each window cell was verified as
     cands = st.get("candidates", []) or []
-    n_pool = int(st.get("pool_nodes", 0))
     label = _token_labeler(step, token_text)
     levels, width = len(window), max((len(r) for r in window), default=0)
     code = {NOT_REACHED: 0, REJECTED: 1, ACCEPTED: 2}
     colors = [STATUS_COLORS[NOT_REACHED], "#f4a6a6", "#a6dba0"]
-
-    def node_of(lev: int, j: int) -> int:  # the tree layout of lookahead.py: pool trie, trunk, diagonals
-        return n_pool + j if lev == 0 else n_pool + width + j * (levels - 1) + lev - 1
-
     z, text = [], []
     for lev, row in enumerate(window):
         zr, tr = [], []
         for j, tok in enumerate(row):
-            i = node_of(lev, j)
-            zr.append(code.get(step.nodes[i].status) if i < len(step.nodes) else None)
+            i = cells[lev][j] if lev < len(cells) and j < len(cells[lev]) else -1
+            zr.append(code.get(step.nodes[i].status) if 0 <= i < len(step.nodes) else None)  # None: cut off
             tr.append(_esc(show_token(label(int(tok)))))
         z.append(zr)
         text.append(tr)

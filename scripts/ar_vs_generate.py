@@ -31,7 +31,8 @@ def main() -> None:
     def ar() -> float:
         t = time.process_time()
         n = sum(len(s.tokens) for s in engine.decode(lm, create("autoregressive", lm), ids, max_new_tokens=a.tokens))
-        assert n == a.tokens, f"the baseline stopped after {n} tokens"
+        if n != a.tokens:
+            raise SystemExit(f"the baseline stopped after {n} of {a.tokens} tokens (EOS): pick another prompt")
         return time.process_time() - t
 
     def gen() -> float:

@@ -240,7 +240,7 @@ def test_method_state_lookahead_window_and_pool():
     nodes = [node(11, -1, 1, ACCEPTED), node(12, 0, 2, REJECTED), node(21, -1, 1, NOT_REACHED),
              node(22, 2, 2, NOT_REACHED), node(31, 2, 2, NOT_REACHED), node(32, 3, 3, NOT_REACHED)]
     state = {"window": [[21, 22], [31, 32]], "pool_size": 5, "candidates": [[11, 12], [11, 40, 41]],
-             "pool_nodes": 2, "won": "pool[0]", "harvested": 2}
+             "pool_nodes": 2, "window_nodes": [[2, 3], [4, 5]], "won": "pool[0]", "harvested": 2}
     fig = views.method_state(mk(6, nodes, [0], [11, 40], state=state))
     assert fig.layout.meta["method"] == "lookahead" and list(fig.layout.meta["hits"]) == [1, 1]
     heat = next(t for t in fig.data if t.type == "heatmap")
@@ -406,8 +406,7 @@ def test_views_on_a_real_run(tiny):
         if s.kind == "decode":  # each window cell is labelled with the token of the tree node it was verified as
             heat = views.method_state(s).data[0]
             w = s.state["window"]
-            at = {(lev, j): s.state["pool_nodes"] + (j if lev == 0 else len(w[0]) + j * (len(w) - 1) + lev - 1)
-                  for lev in range(len(w)) for j in range(len(w[0]))}
+            at = {(lev, j): s.state["window_nodes"][lev][j] for lev in range(len(w)) for j in range(len(w[0]))}
             node_text = {k: views.show_token(s.nodes[i].text) for k, i in at.items() if i < len(s.nodes)}
             assert {k: heat.text[k[0]][k[1]] for k in node_text} == node_text
     assert views.method_state(lab.run("swift", [1, 2, 3, 1], max_new_tokens=6).steps[-1]).layout.meta["method"] \

@@ -168,19 +168,17 @@ class Lookahead(Method):
                     trie[(parent, t)] = add(t, parent)
                 parent = trie[(parent, t)]
         n_pool = len(tokens)
-        trunk, parent = [], -1
+        cell_node = [[-1] * p.window for _ in range(levels)]  # the tree node each window cell is verified as
+        trunk, parent = cell_node[0], -1
         for j in range(p.window):
-            parent = add(self.tok[0][j], parent)
-            trunk.append(parent)
+            parent = trunk[j] = add(self.tok[0][j], parent)
             if self.q[0][j] is not None:
                 qrows[parent] = self.q[0][j]
-        last = list(trunk)  # node of the last level's cell, per column
         for j in range(p.window):
             parent = trunk[j]
             for lev in range(1, levels):
-                parent = add(self.tok[lev][j], parent)
-            last[j] = parent
-        self._layout = {"cands": cands, "n_pool": n_pool, "last": last}
+                parent = cell_node[lev][j] = add(self.tok[lev][j], parent)
+        self._layout = {"cands": cands, "n_pool": n_pool, "last": cell_node[-1]}  # last level's node per column
         q = None
         if not sampling.greedy:
             q = torch.zeros(len(tokens), self.vocab, device=self.qdev)
@@ -189,7 +187,8 @@ class Lookahead(Method):
                 q[i] = row
         return Proposal(tokens=tokens, parents=parents, q=q,
                         state={"window": [list(level) for level in self.tok], "pool_size": self.pool_size(),
-                               "candidates": [list(c) for c in cands], "pool_nodes": n_pool})
+                               "candidates": [list(c) for c in cands], "pool_nodes": n_pool,
+                               "window_nodes": cell_node})
 
     def accept(self, prop, logits, sampling, generator, label):
         if sampling.greedy or prop.q is None:
