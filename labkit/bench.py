@@ -55,7 +55,9 @@ from . import metrics as M
 CATEGORIES = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 MT_BENCH = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
 BASELINE = "autoregressive"
-GENERATE = "generate"
+GENERATE = "generate"  # stock model.generate on the stock, untransformed model: what a user would run instead
+GENERATE_PLD = "generate+pld"  # the peer: transformers' own prompt lookup, generate(prompt_lookup_num_tokens=10)
+PLD_TOKENS = 10
 TRACE_SUFFIX = "+trace"
 
 
@@ -211,22 +213,27 @@ def run_method(lm, method, spec: Spec, q: dict, ids: list[int], *, max_new_token
                    wall, [len(s.tokens) for s in decode], extra)
 
 
-def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, model_id: str) -> dict:
-    """`model.generate` on the same prompt: the reference speed (greedy unless sampling is on)."""
+def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, model_id: str,
+                 label: str = GENERATE) -> dict:
+    """`model.generate` on the same prompt, on the STOCK model (the backend is switched to 'stock' for the call):
+    the reference speed (greedy unless sampling is on). `label=GENERATE_PLD`: with transformers' prompt lookup."""
+    from . import backends, sizing
     from . import sampling as S
-    from . import sizing
 
     x = torch.tensor([ids], device=lm.device)
     mask = torch.ones_like(x)
     kwargs = S.generate_kwargs(sampling)
+    if label == GENERATE_PLD:
+        kwargs["prompt_lookup_num_tokens"] = PLD_TOKENS
     if not sampling.greedy:
         torch.manual_seed(sampling.seed)
-    sizing.synchronize(lm.device)
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = lm.model.generate(x, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
-    sizing.synchronize(lm.device)
+    with backends.use(lm.model, "stock"):
+        sizing.synchronize(lm.device)
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = lm.model.generate(x, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
+        sizing.synchronize(lm.device)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     tokens = out[0, len(ids):].tolist()
@@ -240,7 +247,7 @@ def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, 
              "wall_outside": wall, "cpu_time": cpu, "load": _load(), "decode_tokens": None, "decode_wall": None,
              "ideal_decode_seconds": None, "nodes_per_round": 0.0, "sizing_nodes": {}, "prompt_tokens": len(ids),
              "traced": False, "finished": "eos" if tokens and tokens[-1] in eos else "length"}
-    return _record(q, GENERATE, GENERATE, {}, model_id, lm.decode(tokens), tokens, wall, [1] * max(n - 1, 0), extra)
+    return _record(q, label, label, {}, model_id, lm.decode(tokens), tokens, wall, [1] * max(n - 1, 0), extra)
 
 
 def _histogram(values: Iterable[int]) -> dict[str, int]:
@@ -414,11 +421,23 @@ def _f(x, fmt="{:.2f}", none="-"):
     return none if x is None else fmt.format(x)
 
 
+def latency_curves(meta: Sequence[dict]) -> dict[str, dict]:
+    """{backend: curve} of the newest run in `meta`: the backend the methods ran on first, then 'stock'."""
+    m = next((m for m in reversed(list(meta)) if m.get("latency_curve")), None)
+    if m is None:
+        return {}
+    out = {m["latency_curve"].get("backend") or m.get("backend") or "measured": m["latency_curve"]}
+    if m.get("latency_curve_stock"):
+        out["stock"] = m["latency_curve_stock"]
+    return out
+
+
 def markdown(rows: list[dict], meta: Sequence[dict] = ()) -> str:
     lines = []
     if meta:
         m = meta[-1]
-        lines.append(f"model **{m.get('model')}**, {m.get('dtype')} on {m.get('device')} ({m.get('machine')}); "
+        lines.append(f"model **{m.get('model')}**, {m.get('dtype')} on {m.get('device')} ({m.get('machine')}), "
+                     f"methods on the {m.get('backend', 'stock')} path, `generate` rows on the stock model; "
                      f"max_new_tokens {m.get('max_new_tokens')}; {m.get('sampling')}; warm-up {m.get('warmup')} "
                      f"questions; load average at start "
                      f"{', '.join(str(x.get('load_start')) for x in meta if x.get('phase') != 'end')}")
@@ -451,16 +470,18 @@ def markdown(rows: list[dict], meta: Sequence[dict] = ()) -> str:
                  "measured latency curve; efficiency = decode speedup / ideal; sizing picked = the tree size / "
                  "draft length the hardware-aware sizing chose most often; tracing overhead = 1 - tokens/s with "
                  "full tracing (per-node detail + trace file) / tokens/s without, same method, same questions.")
-    curve = next((m.get("latency_curve") for m in reversed(list(meta)) if m.get("latency_curve")), None)
-    if curve:
+    curves = latency_curves(meta)
+    if curves:
+        first = next(iter(curves.values()))
         lines.append("")
-        lines.append("Latency curve (one verify forward, tree mask, KV "
-                     f"{curve.get('kv_len')}; fastest of 7 repeats, non-decreasing; ms and ratio to 1 token):")
+        lines.append("Latency curve per execution path (one verify forward, tree mask, KV "
+                     f"{first.get('kv_len')}; fastest of 7 repeats, non-decreasing; ms and ratio to 1 token):")
         lines.append("")
-        lines.append("| tokens | " + " | ".join(str(n) for n in curve["tokens"]) + " |")
-        lines.append("|---|" + "---|" * len(curve["tokens"]))
-        lines.append("| ms | " + " | ".join(f"{s * 1e3:.1f}" for s in curve["seconds"]) + " |")
-        lines.append("| ratio | " + " | ".join(f"{s / curve['seconds'][0]:.2f}" for s in curve["seconds"]) + " |")
+        lines.append("| tokens | " + " | ".join(str(n) for n in first["tokens"]) + " |")
+        lines.append("|---|" + "---|" * len(first["tokens"]))
+        for name, c in curves.items():
+            lines.append(f"| {name} ms | " + " | ".join(f"{s * 1e3:.1f}" for s in c["seconds"]) + " |")
+            lines.append(f"| {name} ratio | " + " | ".join(f"{s / c['seconds'][0]:.2f}" for s in c["seconds"]) + " |")
     states = next((m.get("state_bytes") for m in reversed(list(meta)) if m.get("state_bytes")), None)
     if states:
         lines.append("")
@@ -494,14 +515,16 @@ def html(rows: list[dict], meta: Sequence[dict] = (), title: str = "labkit bench
     fig.update_layout(title="Acceptance per depth (overall)", template="plotly_white", xaxis_title="depth",
                       yaxis=dict(title="accepted / tried", range=[0, 1]), height=380)
     figs.append(fig)
-    curve = next((m.get("latency_curve") for m in reversed(list(meta)) if m.get("latency_curve")), None)
-    if curve:
-        fig = go.Figure(go.Scatter(x=curve["tokens"], y=[s * 1e3 for s in curve["seconds"]], mode="lines+markers",
-                                   name="latency model"))
-        if curve.get("samples"):
-            fig.add_trace(go.Scatter(x=[a for a, _ in curve["samples"]], y=[b * 1e3 for _, b in curve["samples"]],
-                                     mode="markers", marker=dict(size=4, opacity=0.35), name="each forward"))
-        fig.update_layout(title="Latency of one verify forward vs tokens in it (the sizing's latency model)",
+    curves = latency_curves(meta)
+    if curves:
+        fig = go.Figure()
+        for name, c in curves.items():
+            fig.add_trace(go.Scatter(x=c["tokens"], y=[s * 1e3 for s in c["seconds"]], mode="lines+markers",
+                                     name=f"{name}: latency model"))
+            if c.get("samples"):
+                fig.add_trace(go.Scatter(x=[a for a, _ in c["samples"]], y=[b * 1e3 for _, b in c["samples"]],
+                                         mode="markers", marker=dict(size=4, opacity=0.35), name=f"{name}: each forward"))
+        fig.update_layout(title="Latency of one verify forward vs tokens in it, per execution path",
                           template="plotly_white", xaxis=dict(title="query tokens (root + drafted nodes)", type="log"),
                           yaxis=dict(title="ms", rangemode="tozero"), height=380)
         figs.append(fig)
@@ -595,6 +618,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fresh", action="store_true", help="overwrite --out instead of resuming")
     p.add_argument("--shard", default=None, metavar="I/K", help="run only every K-th question from the I-th")
     p.add_argument("--no-generate", action="store_true", help="skip the model.generate reference")
+    p.add_argument("--no-peer", action="store_true",
+                   help=f"skip the {GENERATE_PLD} row (stock generate with prompt_lookup_num_tokens={PLD_TOKENS})")
     p.add_argument("--trace-overhead", default="", metavar="METHODS",
                    help="also run these methods (or 'all') with full tracing, to measure its cost")
     p.add_argument("--remeasure-latency", action="store_true",
@@ -637,7 +662,7 @@ def main(args) -> int:
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     lm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-              device_map=getattr(args, "device_map", None))
+              device_map=getattr(args, "device_map", None), backend=getattr(args, "backend", "auto"))
     if action == "latency":
         return _latency(lm, args)
     if action == "memory":
@@ -673,17 +698,27 @@ def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
                 p.unlink()
     _truncate_partial(out)
     done = {(r["question_id"], r["method"]) for r in read_records(out)}
-    labels = ([] if args.no_generate else [GENERATE]) + [s.label for s in specs]
+    from . import backends
+
+    references = [] if args.no_generate else [GENERATE] + ([] if getattr(args, "no_peer", False) else [GENERATE_PLD])
+    labels = references + [s.label for s in specs]
     todo = [q for q in questions if any((q["question_id"], lab) not in done for lab in labels)]
     dtype = str(lm.dtype).replace("torch.", "")
     curve = sizing.latency_curve(lm, refresh=args.remeasure_latency, log=_log)
+    stock_curve = None
+    if lm.backend != "stock":  # the report shows both execution paths' curves side by side
+        with backends.use(lm.model, "stock"):
+            stock_curve = sizing.latency_curve(lm, refresh=args.remeasure_latency, log=_log)
     instances = {s.label: methods.create(s.name, lm, dict(s.params)) for s in specs}
     meta = {"model": args.model, "dtype": dtype, "device": str(lm.device), "machine": _machine(lm),
+            "backend": lm.backend,
             "max_new_tokens": args.max_new_tokens, "warmup": args.warmup, "seed": args.seed,
             "sampling": "greedy" if args.temperature == 0 else f"T={args.temperature}",
             "methods": labels, "shard": args.shard, "questions": len(questions), "todo": len(todo),
             "load_start": _load(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "latency_curve": {**curve.to_json(), "samples": [list(x) for x in curve.samples]},
+            "latency_curve": {**curve.to_json(), "samples": [list(x) for x in curve.samples], "backend": lm.backend},
+            "latency_curve_stock": {**stock_curve.to_json(), "samples": [list(x) for x in stock_curve.samples],
+                                    "backend": "stock"} if stock_curve is not None else None,
             "command": " ".join(sys.argv)}
     _log(f"labkit bench: {lm.name} ({dtype}, {lm.device}); {len(questions)} questions ({len(todo)} to run, "
          f"{len(questions) - len(todo)} done in {out}); methods {', '.join(labels)}; max_new_tokens "
@@ -699,9 +734,9 @@ def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
                 run_method(lm, instances[s.label], s, q, ids, max_new_tokens=args.max_new_tokens,
                            sampling=sampling_config(args.temperature, seed=args.seed), curve=curve,
                            model_id="warmup")
-        if not args.no_generate:
+        for ref in references:
             run_generate(lm, q, ids, max_new_tokens=args.max_new_tokens,
-                         sampling=sampling_config(args.temperature, seed=args.seed), model_id="warmup")
+                         sampling=sampling_config(args.temperature, seed=args.seed), model_id="warmup", label=ref)
     meta_path = str(out) + ".meta.jsonl"
     with open(meta_path, "a", encoding="utf-8") as f:  # at the start too: an interrupted run still has its curve
         f.write(json.dumps({**meta, "phase": "start"}) + "\n")
@@ -715,9 +750,9 @@ def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
                 if (q["question_id"], lab) in done:
                     continue
                 model_id = f"{Path(str(args.model)).name}-{lab}-{dtype}"
-                if lab == GENERATE:
+                if lab in references:
                     rec = run_generate(lm, q, ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                                       model_id=model_id)
+                                       model_id=model_id, label=lab)
                 else:
                     spec = next(s for s in specs if s.label == lab)
                     rec = run_method(lm, instances[lab], spec, q, ids, max_new_tokens=args.max_new_tokens,

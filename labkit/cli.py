@@ -43,6 +43,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    p.add_argument("--backend", default="auto", choices=("auto", "fast", "stock"),
+                   help="execution path: fast = oneDNN linears over weights packed once (CPU), stock = stock "
+                        "PyTorch kernels; auto (default) = fast on CPU, stock on GPU")
 
 
 def _add_gen_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +61,8 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
 def _session(args):
     from .session import Session
 
-    return Session(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    return Session(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                   backend=args.backend)
 
 
 def _print_stream(steps, color: bool, out=sys.stdout) -> list:

@@ -45,7 +45,7 @@ def resolve_draft(lm: LM, spec: str) -> LM:
             raise ParamError(f"draft={spec!r}: expected self:N with an integer N, or self:auto") from None
         draft = truncated_copy(lm, n)
     else:
-        draft = load(spec, dtype=lm.dtype, device=str(lm.device))
+        draft = load(spec, dtype=lm.dtype, device=str(lm.device), backend=lm.backend)
     return same_tokenizer(lm, draft, spec)
 
 

@@ -75,6 +75,13 @@ class LM:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def backend(self) -> str:
+        """The execution path the model runs on now ('stock' or 'fast'; see labkit.backends)."""
+        from .backends import current
+
+        return current(self.model)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -201,18 +208,26 @@ def _file_lock(path: Path):
 
 
 def load(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = None, device: str | None = None,
-         trust_remote_code: bool = False, device_map: str | None = None) -> LM:
+         trust_remote_code: bool = False, device_map: str | None = None, backend: str = "auto") -> LM:
     """Load a causal LM: an embedded name (see EMBEDDED), a local folder, or a hub id.
 
     dtype defaults to float32 on CPU and bfloat16 on GPU. `device_map="auto"` spreads a large model over
     the available devices (accelerate). `trust_remote_code` stays off unless the caller opts in.
+    `backend` picks the execution path (`labkit.backends`): "auto" (the fast CPU path on a CPU, stock kernels
+    elsewhere), "fast" or "stock".
     """
+    from . import backends
+
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     dev = _pick_device(device)
     dt = _pick_dtype(dtype, dev)
+    try:
+        backends.resolve(backend, dev, dt)  # a bad backend fails before minutes of loading
+    except backends.BackendError as e:
+        raise ModelLoadError(str(e)) from None
     notes: list[str] = []
     if name_or_path in EMBEDDED:
         path, source = str(embedded_path(name_or_path)), f"embedded ({EMBEDDED[name_or_path].description})"
@@ -245,4 +260,5 @@ def load(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None =
     model.eval()
     if getattr(model.generation_config, "pad_token_id", None) is None and tokenizer.eos_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.eos_token_id
+    backends.apply(model, backend)
     return LM(model=model, tokenizer=tokenizer, name=name_or_path, source=source, notes=notes)

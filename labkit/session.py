@@ -45,10 +45,16 @@ def sampling_config(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
 
 class Session:
     def __init__(self, model: str = DEFAULT_MODEL, *, dtype: str | None = None, device: str | None = None,
-                 lm: LM | None = None, trust_remote_code: bool = False):
+                 lm: LM | None = None, trust_remote_code: bool = False, backend: str = "auto"):
+        """`backend`: the execution path (see `labkit.backends`): "auto" = the fast CPU path on a CPU, stock
+        kernels on a GPU; "stock" = transformers' model as loaded."""
         self.model_name = lm.name if lm is not None else model
-        self._load_args = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        self._load_args = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code, backend=backend)
         self._lm = lm
+        if lm is not None and backend != "auto":
+            from . import backends
+
+            backends.apply(lm.model, backend)
         self._methods: dict[tuple, engine.Method] = {}
 
     @property
@@ -74,7 +80,8 @@ class Session:
                sampling: S.SamplingConfig, chat: bool) -> dict:
         params = dataclasses.asdict(method.params) if method.params is not None else {}
         return {"labkit": __version__, "model": self.model_name, "dtype": str(self.lm.dtype).replace("torch.", ""),
-                "device": str(self.lm.device), "method": method.name, "method_description": method.describe(),
+                "device": str(self.lm.device), "backend": self.lm.backend, "method": method.name,
+                "method_description": method.describe(),
                 "lossless": method.lossless, "params": params, "sampling": dataclasses.asdict(sampling),
                 "max_new_tokens": max_new_tokens, "chat": chat, "prompt": prompt, "prompt_ids": prompt_ids}
 

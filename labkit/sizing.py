@@ -19,6 +19,8 @@ Pieces (each usable on its own):
   estimates too. Exponentially forgotten, with a prior, backing off from deep to shallow depths.
 - `ChainAcceptance`: per-depth conditional acceptance for chains (prompt lookup, draft models).
 - `choose(expected, latency, overhead)`: the argmax above; `TreeSizer` and `ChainSizer` wire it all together.
+- Probes: when plain decoding wins, a non-empty draft is still verified now and then so the estimate of deeper
+  levels stays fresh, spaced by `probe_interval` so that probing costs at most 2% of decoding time.
 
 Plugging a draft method in (prompt lookup does exactly this; see docs/benchmark.md):
 
@@ -43,6 +45,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from . import backends
 
 # Query-token counts measured (the root included); t(n) for other sizes is interpolated linearly.
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 81)
@@ -102,16 +106,18 @@ class LatencyCurve:
 
 
 def curve_key(lm) -> str:
-    """What the curve depends on: model (and its shape), device, dtype, CPU threads, torch version."""
+    """What the curve depends on: model (and its shape), device, dtype, backend, CPU threads, torch version."""
     cfg = lm.config
     shape = [getattr(cfg, a, None) for a in ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
                                               "num_attention_heads", "num_key_value_heads", "vocab_size")]
     dev = lm.device
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.machine()}x{os.cpu_count()}"
-    raw = json.dumps([lm.name, shape, str(dev), str(lm.dtype), torch.get_num_threads(), torch.__version__, where])
+    backend = backends.current(lm.model)
+    raw = json.dumps([lm.name, shape, str(dev), str(lm.dtype), backend, torch.get_num_threads(), torch.__version__,
+                      where])
     digest = hashlib.sha1(raw.encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(lm.name))[-40:]
-    return f"{safe}-{str(lm.dtype).replace('torch.', '')}-{dev.type}-{digest}"
+    return f"{safe}-{str(lm.dtype).replace('torch.', '')}-{dev.type}-{backend}-{digest}"
 
 
 def synchronize(device: torch.device) -> None:
@@ -252,6 +258,24 @@ def choose(expected: Sequence[float], latency: Sequence[float], overhead: float 
     best = lo + int(np.argmax(rate[lo:] >= top * (1 - 1e-9)))  # first (smallest) n within rounding of the max
     return Choice(nodes=best, expected_tokens=float(exp[best]), seconds=float(cost[best]),
                   tokens_per_s=float(rate[best]), plain_tokens_per_s=float(rate[0]))
+
+
+PROBE_BUDGET = 0.02  # probing may cost at most this share of plain decoding's time
+
+
+def probe_interval(probe: Choice, plain_seconds: float, budget: float = PROBE_BUDGET, cap: int = 512) -> int:
+    """Rounds between probes when plain decoding was chosen. A probe verifies the best non-empty draft anyway, so
+    that the acceptance estimates of depths that only a draft can observe stay fresh. Its expected loss against
+    plain decoding is t(n) + c(n) - E(n) x t(0) seconds (the time a probe round takes minus the time plain
+    decoding needs for the tokens it is expected to commit); spacing probes loss / (budget x t(0)) rounds apart
+    keeps what probing costs at `budget` of the decoding time, however steep the latency curve is. A probe that
+    is expected to lose nothing may come every round; none comes closer than every `cap` rounds."""
+    if plain_seconds <= 0:
+        return 1
+    loss = probe.seconds - probe.expected_tokens * plain_seconds
+    if loss <= 0:
+        return 1
+    return int(min(cap, max(1, np.ceil(loss / (budget * plain_seconds)))))
 
 
 # ---- acceptance models -----------------------------------------------------------------------------
@@ -396,7 +420,8 @@ class TreeSizer:
     probability of acceptance, cut at the size that maximises expected tokens per second."""
 
     def __init__(self, lm, candidates: Sequence[tuple[int, ...]], k: int, max_nodes: int,
-                 prior: Sequence[float] = (), every: int = 4, curve: LatencyCurve | None = None, probe: int = 8):
+                 prior: Sequence[float] = (), every: int = 4, curve: LatencyCurve | None = None,
+                 probe: float = PROBE_BUDGET):
         self.candidates = [tuple(c) for c in candidates]
         self.max_nodes = min(max_nodes, len(self.candidates))
         depth = max((len(c) for c in self.candidates), default=1)
@@ -431,14 +456,7 @@ class TreeSizer:
             ranked = [self.candidates[i] for i in order][: self.max_nodes]
             expected = 1.0 + np.concatenate([[0.0], np.cumsum(probs[order][: self.max_nodes])])
             table = self._lat.get()
-            choice = choose(expected, table, self.overhead.seconds)
-            if choice.nodes == 0 and self.probe and self._idle >= self.probe - 1:
-                # plain decoding was chosen: still verify the best tree now and then, so the estimate of every
-                # depth stays fresh (a probe costs at most 1/probe of a tree's extra latency per round)
-                choice = choose(expected, table, self.overhead.seconds, min_nodes=1)
-                self._probing = True
-            else:
-                self._probing = False
+            choice, self._probing = _decide(expected, table, self.overhead.seconds, self.probe, self._idle)
             paths = _prefix_closed(ranked[: choice.nodes])
             self._current = (sorted(paths, key=lambda c: (len(c), c)), choice)
         self._rounds += 1
@@ -458,7 +476,7 @@ class ChainSizer:
     """Chooses the draft length of chain drafts (prompt lookup, draft models, ...)."""
 
     def __init__(self, lm, max_len: int, prior: float = 0.5, every: int = 1, curve: LatencyCurve | None = None,
-                 probe: int = 8):
+                 probe: float = PROBE_BUDGET):
         self.max_len = max_len
         self.acceptance = ChainAcceptance(max_len, prior=prior)
         self.overhead = Overhead()
@@ -485,10 +503,7 @@ class ChainSizer:
     def length(self) -> int:
         if self._current is None or self._rounds % self.every == 0:
             expected, table = self.acceptance.expected(), self._lat.get()
-            self._current = choose(expected, table, self.overhead.seconds)
-            self._probing = self._current.nodes == 0 and bool(self.probe) and self._idle >= self.probe - 1
-            if self._probing:  # see TreeSizer.choose
-                self._current = choose(expected, table, self.overhead.seconds, min_nodes=1)
+            self._current, self._probing = _decide(expected, table, self.overhead.seconds, self.probe, self._idle)
         self._rounds += 1
         self._idle = 0 if self._current.nodes else self._idle + 1
         return self._current.nodes
@@ -503,6 +518,18 @@ class ChainSizer:
         if self._probing:
             out["probe"] = True
         return out
+
+
+def _decide(expected, table, overhead: float, budget: float, idle: int) -> tuple[Choice, bool]:
+    """The size to draft, and whether this round is a probe: plain decoding was chosen, but `idle` rounds in a
+    row without a draft reached the probe interval that `budget` allows (see `probe_interval`)."""
+    choice = choose(expected, table, overhead)
+    if choice.nodes or not budget or len(expected) < 2:
+        return choice, False
+    alt = choose(expected, table, overhead, min_nodes=1)
+    if idle + 1 >= probe_interval(alt, float(table[0]), budget):
+        return alt, True
+    return choice, False
 
 
 def _prefix_closed(paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -520,6 +547,7 @@ def ideal_seconds(node_counts: Sequence[int], curve: LatencyCurve) -> float:
     return float(sum(table[n] for n in node_counts))
 
 
-__all__ = ["LatencyCurve", "latency_curve", "measure", "choose", "Choice", "RankAcceptance", "ChainAcceptance",
+__all__ = ["LatencyCurve", "latency_curve", "measure", "choose", "Choice", "probe_interval", "PROBE_BUDGET",
+           "RankAcceptance", "ChainAcceptance",
            "TreeSizer", "ChainSizer", "Overhead", "ideal_seconds", "synchronize", "SIZES"]
 

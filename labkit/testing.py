@@ -41,14 +41,18 @@ def tiny_config(arch: str = "llama", *, vocab: int = 32, layers: int = 2, hidden
     raise ValueError(f"unknown tiny arch {arch!r}; use one of {ARCHS}")
 
 
-def tiny_lm(arch: str = "llama", *, seed: int = 0, **kw) -> LM:
+def tiny_lm(arch: str = "llama", *, seed: int = 0, backend: str = "stock", **kw) -> LM:
+    """A tiny random-init model of `arch` on the execution path `backend` (see labkit.backends)."""
     from transformers import AutoModelForCausalLM
+
+    from . import backends
 
     cfg = tiny_config(arch, **kw)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").eval()
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = None
+    backends.apply(model, backend)
     return LM(model=model, tokenizer=tiny_tokenizer(cfg.vocab_size), name=f"tiny-{arch}", source="random init")
 
 

@@ -29,7 +29,7 @@ def key(r):
 def test_jsonl_has_spec_bench_fields_and_labkit_metrics(tiny_dir, tmp_path):
     recs = run_bench(tiny_dir, tmp_path / "b.jsonl", "--trace-overhead", "token_recycling")
     methods = {r["method"] for r in recs}
-    assert methods == {"generate", "autoregressive", "prompt_lookup:sizing=off", "token_recycling",
+    assert methods == {"generate", "generate+pld", "autoregressive", "prompt_lookup:sizing=off", "token_recycling",
                        "token_recycling+trace"}
     assert len(recs) == 4 * len(methods)  # 2 questions x 2 categories, one line per method
     for r in recs:
@@ -45,6 +45,10 @@ def test_jsonl_has_spec_bench_fields_and_labkit_metrics(tiny_dir, tmp_path):
         assert r["tokens"] == by[(r["question_id"], "generate")]["tokens"]
     meta = bench.read_meta(tmp_path / "b.jsonl")
     assert meta[0]["phase"] == "start" and meta[0]["latency_curve"]["tokens"][0] == 1
+    # methods ran on the fast path; the generate rows on the stock model; both curves are in the report
+    assert meta[0]["backend"] == "fast" and meta[0]["latency_curve_stock"]["backend"] == "stock"
+    report = (tmp_path / "b.md").read_text()
+    assert "| fast ms |" in report and "| stock ms |" in report
     assert meta[-1]["phase"] == "end" and "token_recycling" in meta[-1]["state_bytes"]
 
 
@@ -91,7 +95,7 @@ def test_report_is_self_contained(tiny_dir, tmp_path):
     assert "Plotly" in page and "<table>" in page
     assert 'src="https://cdn.plot.ly' not in page and "<script src=" not in page  # plotly.js inlined
     split = list((tmp_path / "rep.spec_bench").glob("*.jsonl"))
-    assert len(split) == 4  # generate, autoregressive, prompt lookup, token recycling
+    assert len(split) == 5  # generate, generate+pld, autoregressive, prompt lookup, token recycling
     assert main(["bench", "report", str(out)]) == 0
 
 

@@ -1,14 +1,15 @@
 """Greedy equivalence: every lossless method in the registry produces exactly what
 `model.generate(do_sample=False)` produces (fp32, tiny random-init models of three architectures).
 
-Parametrized over the registry, so a method is tested the moment it is registered.
+Parametrized over the registry and the execution paths (`labkit.backends`), so a method or a path is tested
+the moment it exists. On each path the reference is `model.generate` on the same (transformed) model object.
 """
 import random
 
 import pytest
 import torch
 
-from labkit import engine, methods
+from labkit import backends, engine, methods
 from labkit.check import greedy_reference
 from labkit.engine import Method, Proposal
 from labkit.methods.draft_model import DraftModel, DraftModelParams
@@ -16,6 +17,7 @@ from labkit.methods.draft_model import DraftModel, DraftModelParams
 LOSSLESS = [n for n, c in methods.REGISTRY.items() if c.lossless]
 ARCHS = ["llama", "qwen2", "gemma3"]  # gemma3: sliding-window layers (window 12) that the trees cross
 N_NEW = 40
+PATHS = [b for b in backends.BACKENDS if b == "stock" or backends.fast_available("cpu", torch.float32) is None]
 
 
 def prompt(seed, vocab=32):
@@ -34,10 +36,11 @@ def tokens_of(steps):
     return [t for s in steps for t in s.tokens]
 
 
+@pytest.mark.parametrize("backend", PATHS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", LOSSLESS)
-def test_greedy_equivalence(tiny, name, arch):
-    lm = tiny(arch)
+def test_greedy_equivalence(tiny, name, arch, backend):
+    lm = tiny(arch, backend=backend)
     skip_unsupported(name, lm)
     m = methods.create(name, lm)
     accepted = 0
@@ -45,7 +48,7 @@ def test_greedy_equivalence(tiny, name, arch):
         ids = prompt(seed)
         ref = greedy_reference(lm, ids, N_NEW)
         steps = list(engine.decode(lm, m, ids, max_new_tokens=N_NEW))
-        assert tokens_of(steps) == ref, f"{name} on tiny-{arch}, prompt {seed}"
+        assert tokens_of(steps) == ref, f"{name} on tiny-{arch} ({backend} path), prompt {seed}"
         assert sum(s.kind == "decode" for s in steps) >= 2
         assert steps[-1].finished == "length" and steps[-1].kv_len == len(ids) + N_NEW - 1
         accepted += sum(len(s.accepted) for s in steps)
@@ -85,9 +88,10 @@ class Oracle(Method):
         return Proposal(tokens=tokens, parents=parents)
 
 
+@pytest.mark.parametrize("backend", PATHS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_oracle_tree_accepts_deep_paths_and_compacts_cache(tiny, arch):
-    lm = tiny(arch)
+def test_oracle_tree_accepts_deep_paths_and_compacts_cache(tiny, arch, backend):
+    lm = tiny(arch, backend=backend)
     ids = prompt(11)
     ref = greedy_reference(lm, ids, N_NEW)
     steps = list(engine.decode(lm, Oracle(lm, ref, len(ids)), ids, max_new_tokens=N_NEW))

@@ -131,7 +131,7 @@ def test_token_recycling_degrades_to_plain_decoding(tiny):
     m.sizer = tree_sizer(STEEP)
     for _ in range(200):
         m.sizer.acceptance.update([1, 2], [-1, -1])
-    m.sizer.acceptance.decay = 1.0  # hold the estimate at "nothing is accepted"
+    m.sizer.acceptance.update = lambda *a: None  # hold the estimate at "nothing is accepted"
     ids = [3, 5, 7, 3, 5, 7]
     steps = list(engine.decode(lm, m, ids, max_new_tokens=20))
     assert [t for s in steps for t in s.tokens] == greedy_reference(lm, ids, 20)
@@ -139,7 +139,25 @@ def test_token_recycling_degrades_to_plain_decoding(tiny):
     assert all(s.state["sizing"]["nodes"] == 0 for s in dec if not s.state["sizing"].get("probe"))
     assert all(not s.nodes for s in dec if not s.state["sizing"].get("probe"))
     probes = [s for s in dec if s.state["sizing"].get("probe")]
-    assert 1 <= len(probes) <= len(dec) // 8 + 1  # one round in 8 still verifies the best tree
+    # on a steep curve with nothing accepted a probe loses ~t(1) - t(0): at most one in `interval` rounds
+    alt = sizing.choose([1.0, 1.0], STEEP.table(1), min_nodes=1)
+    interval = sizing.probe_interval(alt, STEEP.t(0))
+    assert interval == 8 and 1 <= len(probes) <= -(-len(dec) // interval)
+
+
+def test_probe_interval_is_proportional_to_what_a_probe_loses():
+    plain = 0.040
+    cheap = sizing.Choice(nodes=4, expected_tokens=1.0, seconds=0.042, tokens_per_s=0, plain_tokens_per_s=0)
+    dear = sizing.Choice(nodes=4, expected_tokens=1.0, seconds=0.080, tokens_per_s=0, plain_tokens_per_s=0)
+    paying = sizing.Choice(nodes=4, expected_tokens=2.5, seconds=0.080, tokens_per_s=0, plain_tokens_per_s=0)
+    # loss / (2% of t(0)): 0.002 / 0.0008 -> 3 rounds; 0.040 / 0.0008 -> 50 rounds; a probe that pays: every round
+    assert sizing.probe_interval(cheap, plain) == 3
+    assert sizing.probe_interval(dear, plain) == 50
+    assert sizing.probe_interval(paying, plain) == 1
+    # the cost of probing stays within the budget: loss per probe / rounds between probes <= 2% of t(0)
+    for c in (cheap, dear):
+        loss = c.seconds - c.expected_tokens * plain
+        assert loss / sizing.probe_interval(c, plain) <= sizing.PROBE_BUDGET * plain + 1e-12
 
 
 def test_prompt_lookup_sizing_off_and_auto_are_lossless(tiny):

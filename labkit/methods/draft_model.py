@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import backends
 from .. import sampling as S
 from ..drafter import resolve_draft, same_tokenizer
 from ..engine import Method, Proposal
@@ -47,6 +48,7 @@ def truncated_copy(lm: LM, n_layers: int) -> LM:
     model.load_state_dict(shared, strict=False, assign=True)
     model.tie_weights()
     model.to(lm.device).eval()
+    backends.apply(model, lm.backend)  # the draft runs on the target's execution path
     return LM(model=model, tokenizer=lm.tokenizer, name=f"{lm.name} (first {n_layers}/{total} layers)",
               source="layer-truncated copy of the target")
 

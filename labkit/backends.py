@@ -1,0 +1,169 @@
+"""Execution paths: how the loaded stock Hugging Face model runs, as a reversible transformation of it.
+
+A backend changes how modules compute, never what the model is: no forked modeling file, no patch of
+transformers' code. It is applied to the loaded model object, so the autoregressive baseline,
+`model.generate` and every method run on it alike, and "token-identical to `model.generate`" stays the test
+of losslessness on every path.
+
+- `stock`: the model as transformers loaded it.
+- `fast` (CPU, float32/bfloat16): every `nn.Linear` runs through oneDNN over a weight packed ONCE into the
+  kernel's blocked layout. Stock PyTorch on a CPU runs a one-row linear as a matrix-vector product but a
+  few-row one as a GEMM that re-packs the whole weight on every call: on a 2-core machine a verify pass
+  over 4-24 tokens then costs about twice a one-token step, and the lesson "a draft verified in one pass
+  is nearly free" is false there. With the weight packed once, t(8) is about 1.2 x t(1) (measured: see
+  docs/benchmark.md), and the one-token step itself is faster too. The packed kernel is row-consistent:
+  a row's result does not depend on how many rows the pass has (stock MKL's does), so a tree verify
+  computes exactly what one-token steps would in every linear layer.
+
+    lm = labkit.load()                          # backend="auto": fast on CPU, stock on GPU
+    backends.current(lm.model)                  # 'fast'
+    with backends.use(lm.model, "stock"):       # e.g. to time stock model.generate on the same object
+        ...
+
+The packed copy doubles the memory of the linear weights (the originals stay: embeddings may share them,
+and `stock` switches back in place). A deep copy re-packs lazily; a dtype or device change falls back to
+the stock kernel for that layer.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("stock", "fast")
+CHOICES = ("auto",) + BACKENDS
+_PACKABLE = (torch.float32, torch.bfloat16)
+
+
+class BackendError(ValueError):
+    """An unknown backend, or one this device cannot run; the message says what to pass instead."""
+
+
+def fast_available(device: torch.device | str, dtype: torch.dtype) -> str | None:
+    """None if the fast path can run here, else a one-line reason."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return f"the fast path is a CPU path (this model is on {device.type})"
+    if dtype not in _PACKABLE:
+        return f"the fast path packs float32 or bfloat16 weights, not {str(dtype).replace('torch.', '')}"
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return "this torch build has no oneDNN (mkldnn) linear kernels"
+    return None
+
+
+def resolve(backend: str | None, device: torch.device | str, dtype: torch.dtype) -> str:
+    """'auto' (or None) -> 'fast' where it can run, else 'stock'; an explicit 'fast' that cannot run raises."""
+    backend = (backend or "auto").lower()
+    if backend not in CHOICES:
+        raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(CHOICES)}")
+    reason = fast_available(device, dtype)
+    if backend == "auto":
+        return "stock" if reason else "fast"
+    if backend == "fast" and reason:
+        raise BackendError(f"backend 'fast' cannot run here: {reason}; use --backend stock")
+    return backend
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+
+class PackedLinear(torch.nn.Linear):
+    """An `nn.Linear` (same parameters, same state dict) whose forward runs oneDNN over a weight packed once.
+
+    Made by changing the class of a loaded `nn.Linear` in place (`apply`). Switched to 'stock', it computes
+    `F.linear(x, weight, bias)`, exactly what `nn.Linear.forward` does."""
+
+    _packed: torch.Tensor | None = None
+    _packed_for: tuple | None = None  # (data_ptr, dtype) of the weight that was packed
+    enabled: bool = True
+
+    def repack(self) -> None:
+        self._packed = _pack(self.weight)
+        self._packed_for = (self.weight.data_ptr(), self.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (not self.enabled or x.dtype is not w.dtype or w.dtype not in _PACKABLE or x.device.type != "cpu"
+                or w.device.type != "cpu" or (w.requires_grad and torch.is_grad_enabled())):
+            return F.linear(x, w, self.bias)  # what nn.Linear.forward computes
+        if self._packed_for != (w.data_ptr(), w.dtype):  # a deep copy, a new dtype or new weights: pack again
+            self.repack()
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+    def __getstate__(self):  # copy.deepcopy / pickle: the opaque packed tensor cannot be copied; re-packed lazily
+        state = dict(self.__dict__)
+        state.pop("_packed", None)
+        state.pop("_packed_for", None)
+        return state
+
+
+def current(model: torch.nn.Module) -> str:
+    """The backend a model runs on now."""
+    return getattr(model, "_labkit_backend", "stock")
+
+
+def _linears(model: torch.nn.Module) -> Iterator[torch.nn.Linear]:
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module) not in seen:
+            seen.add(id(module))
+            yield module
+
+
+def apply(model: torch.nn.Module, backend: str, *, log: Callable[[str], None] | None = None) -> str:
+    """Switch `model` to `backend` ('stock' or 'fast', or 'auto') in place; returns the backend in use.
+
+    Switching to 'fast' packs every linear weight once (about a second for a 135M model; `log` gets one line
+    before and after); switching back to 'stock' keeps the packed weights, so switching again is free."""
+    try:
+        param = next(model.parameters())
+    except StopIteration:
+        return current(model)
+    backend = resolve(backend, param.device, param.dtype)
+    if backend == current(model):
+        return backend
+    if backend == "stock":
+        for lin in _linears(model):
+            if isinstance(lin, PackedLinear):
+                lin.enabled = False  # the packed weight stays: switching back is free
+        model._labkit_backend = "stock"
+        return backend
+    linears = list(_linears(model))
+    t0 = time.perf_counter()
+    if log is not None:
+        log(f"[labkit] fast CPU path: packing {len(linears)} linear layers once...")
+    with torch.no_grad():
+        for lin in linears:
+            lin.__class__ = PackedLinear
+            lin.enabled = True
+            if lin.weight.dtype in _PACKABLE and lin.weight.device.type == "cpu" \
+                    and lin._packed_for != (lin.weight.data_ptr(), lin.weight.dtype):
+                lin.repack()
+    model._labkit_backend = "fast"
+    if log is not None:
+        log(f"[labkit] fast CPU path ready ({time.perf_counter() - t0:.1f} s)")
+    return backend
+
+
+@contextlib.contextmanager
+def use(model: torch.nn.Module, backend: str) -> Iterator[str]:
+    """Run a block on `backend`, then switch back to the backend the model had."""
+    before = current(model)
+    used = apply(model, backend)
+    try:
+        yield used
+    finally:
+        apply(model, before)
+
+
+def describe(backend: str) -> str:
+    return {"fast": "fast CPU path (oneDNN linears over weights packed once)",
+            "stock": "stock PyTorch kernels"}.get(backend, backend)
+
+
+__all__ = ["BACKENDS", "CHOICES", "BackendError", "PackedLinear", "apply", "use", "current", "resolve",
+           "fast_available", "describe"]

@@ -1,0 +1,76 @@
+"""The execution paths (labkit.backends): a reversible transformation of the loaded model that changes how
+its linears compute, never what generate returns. (The registry-wide greedy tests run on every path:
+test_equivalence.py.)"""
+import copy
+
+import pytest
+import torch
+
+from labkit import backends
+from labkit.check import greedy_reference
+from labkit.testing import tiny_lm
+
+pytestmark = pytest.mark.skipif(backends.fast_available("cpu", torch.float32) is not None,
+                                reason="this torch build has no oneDNN linear kernels")
+
+
+def test_fast_path_is_reversible_and_keeps_generate_output():
+    lm = tiny_lm("llama")
+    ids = [3, 5, 7, 9, 11, 3, 5]
+    ref = greedy_reference(lm, ids, 24)
+    assert backends.current(lm.model) == "stock"
+    assert backends.apply(lm.model, "fast") == "fast" and lm.backend == "fast"
+    linears = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, backends.PackedLinear) for m in linears)
+    assert greedy_reference(lm, ids, 24) == ref
+    with backends.use(lm.model, "stock"):
+        assert lm.backend == "stock" and greedy_reference(lm, ids, 24) == ref
+    assert lm.backend == "fast"
+    # the state dict is the stock model's: same keys, same tensors
+    assert set(lm.model.state_dict()) == set(tiny_lm("llama").model.state_dict())
+
+
+def test_packed_linear_is_row_consistent_and_close_to_stock():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 200, bias=True)
+    x = torch.randn(1, 16, 96)
+    with torch.no_grad():
+        want = lin(x)
+        lin.__class__ = backends.PackedLinear
+        lin.repack()
+        got = lin(x)
+        # a row's result does not depend on how many rows the pass has (a tree verify = one-token steps)
+        for m in (1, 2, 5, 16):
+            assert torch.equal(lin(x[:, :m]), got[:, :m])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_deep_copy_and_other_dtypes_fall_back_or_repack():
+    lm = tiny_lm("qwen2", backend="fast")
+    ids = [4, 8, 15, 16, 23, 42 % 32]
+    ref = greedy_reference(lm, ids, 16)
+    twin = copy.deepcopy(lm.model)  # the opaque packed weight is not copied: packed again on first use
+    out = twin.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
+    assert out == ref
+    m64 = copy.deepcopy(lm.model).to(torch.float64)  # the losslessness explainer's float64 re-run
+    with torch.no_grad():
+        assert m64(torch.tensor([ids])).logits.dtype == torch.float64
+
+
+def test_resolve():
+    assert backends.resolve("auto", "cpu", torch.float32) == "fast"
+    assert backends.resolve(None, "cpu", torch.float64) == "stock"
+    assert backends.resolve("stock", "cpu", torch.float32) == "stock"
+    with pytest.raises(backends.BackendError, match="unknown backend"):
+        backends.resolve("turbo", "cpu", torch.float32)
+    with pytest.raises(backends.BackendError, match="cannot run here"):
+        backends.resolve("fast", "cpu", torch.float16)
+
+
+def test_truncated_draft_runs_on_the_targets_path():
+    from labkit.methods.draft_model import truncated_copy
+
+    lm = tiny_lm("llama", backend="fast")
+    assert truncated_copy(lm, 1).backend == "fast"
+    with backends.use(lm.model, "stock"):
+        assert truncated_copy(lm, 1).backend == "stock"
