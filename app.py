@@ -443,9 +443,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="upper limit visitors can ask for (default 256)")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--backend", default=None, choices=("auto", "fast", "stock"),
+                    help="execution path of every model: fast = oneDNN linears over weights packed once (CPU), "
+                         "stock = stock PyTorch kernels; auto (default) = fast on CPU, stock on GPU")
     args = ap.parse_args(argv)
     overrides = dict(models=tuple(args.models.split(",")) if args.models else None, concurrency=args.concurrency,
-                     max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device)
+                     max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device, backend=args.backend)
     try:
         cfg = H.AppConfig.from_env(**overrides)
     except ValueError as e:
@@ -455,7 +458,7 @@ def main(argv=None) -> int:
         CONFIG, APP = cfg, H.App(cfg)
         demo = build(APP)
     print(f"labkit app: models {', '.join(cfg.models)} (default {cfg.default_model}); "
-          f"{cfg.concurrency} generation(s) at once", flush=True)
+          f"{cfg.concurrency} generation(s) at once; backend {cfg.backend}", flush=True)
     launch(demo, cfg, server_name=args.host, server_port=args.port)
     return 0
 

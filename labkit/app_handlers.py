@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from . import engine, methods
+from . import backends, engine, methods
 from . import metrics as M
 from . import trace as TR
 from .models import DEFAULT_MODEL, EMBEDDED, LM, ModelLoadError, load
-from .params import ParamError, build, describe
+from .params import ParamError, build, describe, is_self_spec
 from .session import Session, sampling_config
 from .trace import Step, TraceError
 
@@ -70,6 +70,7 @@ class AppConfig:
     default_model: str = ""
     dtype: str | None = None
     device: str | None = None
+    backend: str = "auto"  # execution path of every model (labkit.backends): auto = fast on CPU, stock on GPU
     max_prompt_chars: int = 2000
     max_new_tokens: int = 256
     default_new_tokens: int = 64
@@ -99,7 +100,7 @@ class AppConfig:
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "AppConfig":
         """LABKIT_APP_MODELS (comma-separated allow-list), LABKIT_APP_CONCURRENCY, LABKIT_APP_MAX_NEW_TOKENS,
-        LABKIT_APP_DTYPE, LABKIT_APP_DEVICE; keyword overrides (from CLI flags) win."""
+        LABKIT_APP_DTYPE, LABKIT_APP_DEVICE, LABKIT_APP_BACKEND; keyword overrides (from CLI flags) win."""
         env = os.environ if env is None else env
         kw: dict[str, Any] = {}
         if env.get("LABKIT_APP_MODELS"):
@@ -110,7 +111,8 @@ class AppConfig:
                     kw[name] = int(env[key])
                 except ValueError:
                     raise ValueError(f"{key} must be an integer, got {env[key]!r}") from None
-        for key, name in (("LABKIT_APP_DTYPE", "dtype"), ("LABKIT_APP_DEVICE", "device")):
+        for key, name in (("LABKIT_APP_DTYPE", "dtype"), ("LABKIT_APP_DEVICE", "device"),
+                          ("LABKIT_APP_BACKEND", "backend")):
             if env.get(key):
                 kw[name] = env[key]
         kw.update({k: v for k, v in overrides.items() if v is not None})
@@ -123,9 +125,10 @@ class ModelPool:
     """Loads each allowed model once, on first use, and hands the same LM to every visitor."""
 
     def __init__(self, allowed: Sequence[str], *, dtype: str | None = None, device: str | None = None,
-                 loader: Callable[[str], LM] | None = None):
+                 backend: str = "auto", loader: Callable[[str], LM] | None = None):
         self.allowed = tuple(allowed)
-        self._loader = loader or (lambda name: load(name, dtype=dtype, device=device, trust_remote_code=False))
+        self._loader = loader or (lambda name: load(name, dtype=dtype, device=device, trust_remote_code=False,
+                                                     backend=backend))
         self._lms: dict[str, LM] = {}
         self._lock = threading.Lock()
         self._name_locks: dict[str, threading.Lock] = {}
@@ -303,16 +306,11 @@ def method_card(name: str) -> str:
     return "\n".join(lines)
 
 
-def _looks_like_model(value: str) -> bool:
-    v = value.strip()
-    return bool(v) and ("/" in v or "\\" in v or v.startswith((".", "~")) or v in EMBEDDED or os.path.exists(v))
-
-
 def parse_params(name: str, raw: dict | None, pool: ModelPool) -> dict:
     """Validate a method's parameters from the form (strings or numbers); return the non-default values typed.
 
-    String parameters that name a model (a hub id, a path, an embedded name) must be on the allow-list: the
-    public demo loads nothing else (e.g. draft_model's `draft`)."""
+    Parameters that name a model (declared with `param(..., model=True)`, e.g. draft_model's `draft`) must be
+    'self' / 'self:N' or on the allow-list: the public demo loads nothing else (a bare hub id like `gpt2` too)."""
     cls = methods.get(name)
     raw = {k: v for k, v in (raw or {}).items()}
     if cls.Params is None:
@@ -327,7 +325,7 @@ def parse_params(name: str, raw: dict | None, pool: ModelPool) -> dict:
     out = {}
     for f in dataclasses.fields(p):
         v = getattr(p, f.name)
-        if isinstance(v, str) and f.metadata.get("choices") is None and _looks_like_model(v) and v not in pool.allowed:
+        if f.metadata.get("model") and not is_self_spec(v) and v not in pool.allowed:
             raise ParamError(f"parameter {f.name}={v!r} names a model that is not on this app's allow-list "
                              f"({', '.join(pool.allowed)})")
         if v != f.default:
@@ -548,7 +546,8 @@ class App:
 
     def __init__(self, config: AppConfig | None = None, pool: ModelPool | None = None):
         self.config = config or AppConfig()
-        self.pool = pool or ModelPool(self.config.models, dtype=self.config.dtype, device=self.config.device)
+        self.pool = pool or ModelPool(self.config.models, dtype=self.config.dtype, device=self.config.device,
+                                      backend=self.config.backend)
         self.tmp = Path(tempfile.mkdtemp(prefix="labkit-app-"))
 
     # -- shared plumbing --
@@ -623,7 +622,7 @@ class App:
             yield LiveUpdate(status="stopped before it started", done=True)
             return
         tree_t, stats_t = Throttle(cfg.plot_interval), Throttle(cfg.stats_interval)
-        head = f"{req.method} on {req.model}, {req.sampling.describe()}"
+        head = f"{req.method} on {req.model} ({session.lm.backend} path), {req.sampling.describe()}"
         error = ""
         try:
             for step in gen:
@@ -708,7 +707,7 @@ class App:
             yield CompareUpdate(status="stopped before it started", done=True)
             return
         plot_t = Throttle(cfg.plot_interval)
-        head = f"{len(lanes)} methods on {reqs[0].model}, {reqs[0].sampling.describe()}"
+        head = f"{len(lanes)} methods on {reqs[0].model} ({session.lm.backend} path), {reqs[0].sampling.describe()}"
         while not all(l["done"] for l in lanes):
             for lane in lanes:
                 if lane["done"]:
@@ -723,17 +722,21 @@ class App:
                     lane["error"], lane["done"] = _user_message(e), True
             u = CompareUpdate(columns=self._columns(lanes), status=f"generating: {head}")
             if plot_t.due():
-                u.plot = VIEWS.call("side_by_side", {l["name"]: l["steps"] for l in lanes})
+                u.plot = VIEWS.call("side_by_side", {l["name"]: l["steps"] for l in lanes}, partial=True)
             yield u
         stopped = stop.is_set()
+        for lane in lanes:
+            lane["stopped"] = stopped and not (lane["steps"] and lane["steps"][-1].finished)
         for lane in lanes:
             if lane["steps"]:
                 visitor.add_run("compare", f"{lane['name']} · {_short(reqs[0].prompt, 30)}", lane["cfg"],
                                 lane["steps"], cfg.max_runs, note=_finish_reason(lane["steps"], stopped))
-        yield CompareUpdate(status="verifying outputs…", columns=self._columns(lanes),
-                            plot=VIEWS.call("side_by_side", {l["name"]: l["steps"] for l in lanes}))
+        final = VIEWS.call("side_by_side", {l["name"]: l["steps"] for l in lanes},
+                           partial=any(l.get("stopped") for l in lanes))
+        yield CompareUpdate(status="verifying outputs…", columns=self._columns(lanes), plot=final)
         verdict = compare_verdict(session.lm, lanes, reqs[0].sampling, stopped)
-        yield CompareUpdate(columns=self._columns(lanes), verdict=verdict,
+        # the final figure again with the verdict: it is the last word, whatever the browser rendered before
+        yield CompareUpdate(columns=self._columns(lanes), verdict=verdict, plot=final,
                             status=f"{'stopped' if stopped else 'done'}: {head}", done=True)
 
     def _columns(self, lanes) -> list:
@@ -741,7 +744,9 @@ class App:
         for lane in lanes:
             info = methods.info(lane["name"])
             tag = "baseline" if lane["name"] == BASELINE else ("lossless" if info["lossless"] else "LOSSY")
-            title = f"**{lane['name']}** · {tag}" + (" · ✓ done" if lane["done"] and not lane["error"] else "")
+            state = (" · ■ stopped" if lane.get("stopped") else
+                     " · ✓ done" if lane["done"] and not lane["error"] else "")
+            title = f"**{lane['name']}** · {tag}" + state
             body = metrics_md(lane["steps"]) + (f"\n\n⚠ {lane['error']}" if lane["error"] else "")
             cols.append(Column(title=title, html=stream_html(lane["steps"], lane["name"]), metrics=body))
         return cols + [None] * (COMPARE_COLUMNS - len(cols))
@@ -1165,16 +1170,22 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
     is token-identical to the baseline's (greedy); on a mismatch of a lossless method, the losslessness
     explainer's first-divergence report (top-2 margin, float64 re-run)."""
     from . import check as C
+    from . import sizing
 
     base = lanes[0]
     base_m = M.compute(base["steps"]) if base["steps"] else None
     base_tok = [t for s in base["steps"] for t in s.tokens]
-    rows = ["| method | tok/s | speedup | accept len | forwards | output vs baseline |",
-            "|---|---:|---:|---:|---:|---|"]
+    try:
+        curve = sizing.latency_curve(lm)  # cached per model, device, dtype and backend (measured once otherwise)
+    except Exception:  # noqa: BLE001  (the expected column is optional: a failure leaves it empty)
+        log.exception("compare: latency curve")
+        curve = None
+    rows = ["| method | tok/s | speedup | expected | accept len | forwards | output vs baseline |",
+            "|---|---:|---:|---:|---:|---:|---|"]
     notes = []
     for lane in lanes:
         if not lane["steps"]:
-            rows.append(f"| {lane['name']} | - | - | - | - | {lane['error'] or 'no output'} |")
+            rows.append(f"| {lane['name']} | - | - | - | - | - | {lane['error'] or 'no output'} |")
             continue
         m = M.compute(lane["steps"])
         speed = m.tokens_per_s / base_m.tokens_per_s if base_m and base_m.tokens_per_s else float("nan")
@@ -1194,7 +1205,7 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
         elif not lossless:
             verdict = "differs (lossy method: expected)"
         else:
-            pos = next((i for i, (a, b) in enumerate(zip(toks, base_tok)) if a != b), min(len(toks), len(base_tok)))
+            pos = C.first_divergence(toks, base_tok)
             m_tok = toks[pos] if pos < len(toks) else -1
             b_tok = base_tok[pos] if pos < len(base_tok) else -1
             label = lambda t: lm.token_texts([t])[0] if t >= 0 else "<end>"  # noqa: E731
@@ -1208,9 +1219,16 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
                 notes.append(f"- **{lane['name']}**: first divergence at token {pos}: {label(m_tok)!r} vs "
                              f"{label(b_tok)!r} (the explainer failed: {_user_message(e)})")
             verdict = f"✗ differs from token {pos}"
+        expected = sizing.expected_speedup(lane["steps"], curve)
         rows.append(f"| {lane['name']}{'' if lossless else ' (LOSSY)'} | {m.tokens_per_s:.1f} | "
-                    f"{speed:.2f}× | {m.mean_accept_len:.2f} | {m.target_forwards} | {verdict} |")
+                    f"{speed:.2f}× | {'-' if expected is None else f'{expected:.2f}×'} | {m.mean_accept_len:.2f} | "
+                    f"{m.target_forwards} | {verdict} |")
     out = "\n".join(rows)
+    if curve is not None:
+        out += (f"\n\n_Execution path: {backends.describe(lm.backend)}. Expected = tokens per round x t(1 token) / "
+                f"t(the round's tree) from this machine's latency curve (t(8) = {curve.t(7) / curve.t(0):.2f} x "
+                f"t(1)), i.e. the speedup if drafting and bookkeeping cost nothing; measured speedups on a shared "
+                f"CPU vary by 10-20% from run to run._")
     if notes:
         out += "\n\n**First divergence** (losslessness explainer):\n" + "\n".join(notes)
     if not sampling.greedy:

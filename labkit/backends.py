@@ -6,14 +6,18 @@ transformers' code. It is applied to the loaded model object, so the autoregress
 of losslessness on every path.
 
 - `stock`: the model as transformers loaded it.
-- `fast` (CPU, float32/bfloat16): every `nn.Linear` runs through oneDNN over a weight packed ONCE into the
-  kernel's blocked layout. Stock PyTorch on a CPU runs a one-row linear as a matrix-vector product but a
+- `fast` (CPU, float32/bfloat16): two changes, both through public extension points.
+  1. Every `nn.Linear` runs through oneDNN over a weight packed ONCE into the kernel's blocked layout. Stock PyTorch on a CPU runs a one-row linear as a matrix-vector product but a
   few-row one as a GEMM that re-packs the whole weight on every call: on a 2-core machine a verify pass
   over 4-24 tokens then costs about twice a one-token step, and the lesson "a draft verified in one pass
   is nearly free" is false there. With the weight packed once, t(8) is about 1.2 x t(1) (measured: see
   docs/benchmark.md), and the one-token step itself is faster too. The packed kernel is row-consistent:
   a row's result does not depend on how many rows the pass has (stock MKL's does), so a tree verify
   computes exactly what one-token steps would in every linear layer.
+  2. Attention with grouped KV heads (GQA) is registered with transformers' `AttentionInterface` as
+  `labkit_fast_sdpa`: for a pass over several tokens it regroups the query heads onto their KV head (as
+  transformers itself does for one token, `pack_gqa`) instead of copying every KV head out to its query heads
+  (`repeat_kv`: the whole KV cache copied, per layer, per pass). Anything else goes to transformers' SDPA.
 
     lm = labkit.load()                          # backend="auto": fast on CPU, stock on GPU
     backends.current(lm.model)                  # 'fast'
@@ -101,6 +105,52 @@ class PackedLinear(torch.nn.Linear):
         return state
 
 
+FAST_ATTENTION = "labkit_fast_sdpa"
+
+
+def fast_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
+              **kwargs):
+    """SDPA for a pass of several query tokens over grouped KV heads, with no copy of the KV cache: query heads
+    [b, h, m, d] are viewed as [b, h_kv, n_rep * m, d] (head h = kv head h // n_rep, as `repeat_kv` orders them)
+    and the mask rows repeated n_rep times, so each KV head is read once by all its query heads. Other calls
+    (one token, no GQA, no mask, per-head masks, position biases, training) go to transformers' SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    b, h, m, d = query.shape
+    if (n_rep > 1 and m > 1 and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4
+            and attention_mask.shape[1] == 1 and kwargs.get("position_bias") is None and not dropout
+            and kwargs.get("softcap") is None and key.shape[1] * n_rep == h and query.device.type == "cpu"):
+        q = query.reshape(b, h // n_rep, n_rep * m, d)
+        mask = attention_mask.repeat(1, 1, n_rep, 1)
+        out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+        return out.reshape(b, h, m, d).transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, **kwargs)
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(FAST_ATTENTION, fast_sdpa)
+    AttentionMaskInterface.register(FAST_ATTENTION, sdpa_mask)  # the model builds the same masks as for SDPA
+
+
+def _switch_attention(model: torch.nn.Module, fast: bool) -> None:
+    """fast: SDPA models move to `labkit_fast_sdpa` (the previous implementation is remembered); back: restore."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "set_attn_implementation"):
+        return
+    impl = getattr(config, "_attn_implementation", None)
+    if fast and impl == "sdpa":
+        _register_attention()
+        model.set_attn_implementation(FAST_ATTENTION)
+        model._labkit_attn_before = impl
+    elif not fast and impl == FAST_ATTENTION:
+        model.set_attn_implementation(getattr(model, "_labkit_attn_before", "sdpa"))
+
+
 def current(model: torch.nn.Module) -> str:
     """The backend a model runs on now."""
     return getattr(model, "_labkit_backend", "stock")
@@ -130,6 +180,7 @@ def apply(model: torch.nn.Module, backend: str, *, log: Callable[[str], None] | 
         for lin in _linears(model):
             if isinstance(lin, PackedLinear):
                 lin.enabled = False  # the packed weight stays: switching back is free
+        _switch_attention(model, False)
         model._labkit_backend = "stock"
         return backend
     linears = list(_linears(model))
@@ -143,6 +194,7 @@ def apply(model: torch.nn.Module, backend: str, *, log: Callable[[str], None] | 
             if lin.weight.dtype in _PACKABLE and lin.weight.device.type == "cpu" \
                     and lin._packed_for != (lin.weight.data_ptr(), lin.weight.dtype):
                 lin.repack()
+    _switch_attention(model, True)
     model._labkit_backend = "fast"
     if log is not None:
         log(f"[labkit] fast CPU path ready ({time.perf_counter() - t0:.1f} s)")

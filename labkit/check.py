@@ -38,6 +38,16 @@ class CheckResult:
                 f"{self.fp64_sides_with} -> {self.verdict}  {head!r}")
 
 
+def first_divergence(tokens: Sequence[int], reference: Sequence[int], *, partial: bool = False) -> int | None:
+    """The first output position where `tokens` differ from `reference`, None if they are identical. A length
+    difference counts as a divergence at the shorter length, unless `partial` (runs still streaming, or
+    stopped): then only the positions both have produced are compared."""
+    pos = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
+    if pos is None and not partial and len(tokens) != len(reference):
+        pos = min(len(tokens), len(reference))
+    return pos
+
+
 def greedy_reference(lm: LM, ids: list[int], max_new_tokens: int) -> list[int]:
     with torch.inference_mode():
         out = lm.model.generate(torch.tensor([ids], device=lm.device), max_new_tokens=max_new_tokens,
@@ -74,7 +84,7 @@ def check(lm: LM, method: engine.Method, prompts: Sequence[str], *, max_new_toke
         if got == ref:
             results.append(CheckResult(prompt, True, len(got), len(ref)))
             continue
-        pos = next((i for i, (a, b) in enumerate(zip(got, ref)) if a != b), min(len(got), len(ref)))
+        pos = first_divergence(got, ref)
         m_tok = got[pos] if pos < len(got) else -1
         b_tok = ref[pos] if pos < len(ref) else -1
         if fp64 is None:

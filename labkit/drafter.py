@@ -26,7 +26,7 @@ import torch
 
 from . import sampling as S
 from .engine import Method
-from .models import LM, load
+from .models import LM, load, load_tokenizer
 from .params import ParamError
 
 
@@ -45,6 +45,9 @@ def resolve_draft(lm: LM, spec: str) -> LM:
             raise ParamError(f"draft={spec!r}: expected self:N with an integer N, or self:auto") from None
         draft = truncated_copy(lm, n)
     else:
+        # the vocabulary first (seconds), the weights only if it matches (a conversion can take minutes)
+        if load_tokenizer(spec).get_vocab() != lm.tokenizer.get_vocab():
+            raise ParamError(f"draft model {spec!r} does not share the target's tokenizer")
         draft = load(spec, dtype=lm.dtype, device=str(lm.device), backend=lm.backend)
     return same_tokenizer(lm, draft, spec)
 

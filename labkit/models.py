@@ -207,6 +207,24 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """Only the tokenizer of a model (an embedded name, a local folder or a hub id): seconds, where loading the
+    weights can take minutes; used to refuse a draft whose vocabulary differs before its weights load."""
+    from transformers import AutoTokenizer
+
+    try:
+        if name_or_path in EMBEDDED:
+            converted = cache_dir() / "models" / name_or_path
+            if (converted / "config.json").exists():
+                return AutoTokenizer.from_pretrained(str(converted))
+            gguf = EMBEDDED[name_or_path].gguf_path()
+            return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load the tokenizer of {name_or_path!r}: {first}") from None
+
+
 def load(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = None, device: str | None = None,
          trust_remote_code: bool = False, device_map: str | None = None, backend: str = "auto") -> LM:
     """Load a causal LM: an embedded name (see EMBEDDED), a local folder, or a hub id.

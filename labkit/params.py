@@ -19,8 +19,17 @@ class ParamError(ValueError):
 
 
 def param(default: Any, help: str = "", *, lo: float | None = None, hi: float | None = None,
-          choices: Sequence[Any] | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "choices": choices})
+          choices: Sequence[Any] | None = None, model: bool = False) -> Any:
+    """A method parameter. `model=True`: the value names a model to load ('self', 'self:N', a hub id, a path,
+    an embedded name): the app checks it against its allow-list before anything is loaded."""
+    return dataclasses.field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "choices": choices,
+                                                        "model": model})
+
+
+def is_self_spec(value: str) -> bool:
+    """'self', 'self:N' or 'self:auto': the target itself or its first layers (nothing is loaded)."""
+    v = str(value).strip()
+    return v == "self" or (v.startswith("self:") and (v[5:] == "auto" or v[5:].isdigit()))
 
 
 def describe(cls: type) -> list[dict]:
@@ -31,7 +40,8 @@ def describe(cls: type) -> list[dict]:
     out = []
     for f in dataclasses.fields(cls):
         out.append({"name": f.name, "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
-                    "default": f.default, **{k: f.metadata.get(k) for k in ("help", "lo", "hi", "choices")}})
+                    "default": f.default,
+                    **{k: f.metadata.get(k) for k in ("help", "lo", "hi", "choices", "model")}})
     return out
 
 

@@ -151,37 +151,16 @@ class Session:
             out[label] = self.run(name, prompt, **kw)
         return out
 
-    def measure_latency(self, sizes: "Sequence[int]" = (1, 2, 4, 8, 16, 32, 64), *, repeats: int = 3,
-                        context: int = 128, shape: str = "chain") -> list[tuple[int, float]]:
-        """The device's latency curve: seconds for ONE verify forward over n tokens after a `context`-token
-        prefix, for each n in `sizes`, `repeats` times (after one warm-up forward). `shape` is "chain" (the
-        model's own causal mask) or "tree" (a binary tree: the 4D tree mask). Returns (n, seconds) pairs for
-        `views.latency_curve`; the cache is rolled back after every forward."""
-        import time
+    def latency_curve(self, backend: str | None = None, *, refresh: bool = False):
+        """This device's latency curve for the session's model (`labkit.sizing.latency_curve`: one verify forward
+        over 1..81 tokens with a tree mask, the fastest of 7 shuffled repeats, cached on disk per model, device,
+        dtype, backend and thread count). `backend="stock"` measures the stock path of the same model object
+        (and switches back afterwards); None: the path the model runs on."""
+        from . import backends, sizing
 
-        import torch
-
-        if shape not in ("chain", "tree"):
-            raise ValueError("shape must be 'chain' or 'tree'")
         lm = self.lm
-        vocab = lm.model.get_output_embeddings().weight.shape[0]
-        g = torch.Generator().manual_seed(0)
-        prefix = torch.randint(0, vocab, (context,), generator=g).tolist()
-        target = engine.Target(lm)
-        target.prefill(prefix)
-        points: list[tuple[int, float]] = []
-        for i, n in enumerate([sizes[0]] + list(sizes)):
-            nodes = max(0, int(n) - 1)  # n tokens in the forward = the root + n - 1 drafted nodes
-            parents = list(range(-1, nodes - 1)) if shape == "chain" else [(j + 1) // 2 - 1 for j in range(nodes)]
-            tokens = torch.randint(0, vocab, (nodes,), generator=g).tolist()
-            for _ in range(repeats if i > 0 else 1):
-                t0 = time.perf_counter()
-                target.verify(prefix[-1], tokens, parents)
-                dt = time.perf_counter() - t0
-                target.cache.crop(-nodes - 1)
-                if i > 0:  # the first size is run once more as a warm-up, not recorded
-                    points.append((int(n), dt))
-        return points
+        with backends.use(lm.model, backend or lm.backend):
+            return sizing.latency_curve(lm, refresh=refresh)
 
 
 def cfg_sampling(cfg: dict) -> S.SamplingConfig:

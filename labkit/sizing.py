@@ -547,7 +547,18 @@ def ideal_seconds(node_counts: Sequence[int], curve: LatencyCurve) -> float:
     return float(sum(table[n] for n in node_counts))
 
 
+def expected_speedup(steps, curve: LatencyCurve | None) -> float | None:
+    """What the latency curve predicts for a run's decode rounds: committed tokens x t(plain step) / the summed
+    t(tree) of the verify passes actually run (1.0 for plain decoding), i.e. the speedup if drafting and
+    bookkeeping cost nothing. None without a curve or decode rounds."""
+    decode = [s for s in steps if s.kind == "decode"]
+    if curve is None or not decode:
+        return None
+    ideal = ideal_seconds([len(s.nodes) for s in decode], curve)
+    return sum(len(s.tokens) for s in decode) * curve.t(0) / ideal if ideal > 0 else None
+
+
 __all__ = ["LatencyCurve", "latency_curve", "measure", "choose", "Choice", "probe_interval", "PROBE_BUDGET",
            "RankAcceptance", "ChainAcceptance",
-           "TreeSizer", "ChainSizer", "Overhead", "ideal_seconds", "synchronize", "SIZES"]
+           "TreeSizer", "ChainSizer", "Overhead", "ideal_seconds", "expected_speedup", "synchronize", "SIZES"]
 

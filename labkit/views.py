@@ -8,7 +8,7 @@
     views.acceptance_stats(run.steps)      # per depth, histogram, over time, where the time goes
     views.method_state(step, "token_recycling")   # what the method's own state did this round
     views.side_by_side(lab.compare([...], prompt))  # 2-4 methods aligned by output position
-    views.latency_curve(lab.measure_latency())      # cost of one forward over n tokens on this device
+    views.latency_curve(lab.latency_curve())        # cost of one forward over n tokens on this device
     views.rejection_demo()                 # the rejection rule's output distribution vs p (and a wrong rule)
     views.siblings_demo()                  # k candidates per position: i.i.d. / without replacement / K-SEQ
     views.state_timeline(run, "alpha")     # a numeric Step.state entry (or dict of them) over the rounds
@@ -861,31 +861,32 @@ def method_state(step: Step, method: str | None = None, *, token_text: Any = Non
 
 # ---- side by side ----------------------------------------------------------------------------------
 
-def compare_outputs(runs: Mapping[str, Any]) -> dict:
-    """{"identical": bool, "reference": first label, "first_divergence": {label: position or None}}: the
-    first output position where each run's tokens differ from the first run's (None = identical)."""
+def compare_outputs(runs: Mapping[str, Any], *, partial: bool = False) -> dict:
+    """{"identical": bool, "reference": first label, "first_divergence": {label: position or None},
+    "compared": positions compared}: the first output position where each run's tokens differ from the first
+    run's (None = identical; `labkit.check.first_divergence`). `partial=True` (runs still streaming or stopped):
+    only the positions both sides have produced are compared."""
+    from .check import first_divergence
+
     toks = {k: [t for s in steps_of(v) for t in s.tokens] for k, v in runs.items()}
     labels = list(toks)
     if not labels:
-        return {"identical": True, "reference": None, "first_divergence": {}}
+        return {"identical": True, "reference": None, "first_divergence": {}, "compared": 0, "partial": partial}
     ref = toks[labels[0]]
-    div: dict[str, int | None] = {}
-    for k in labels:
-        t = toks[k]
-        pos = next((i for i, (a, b) in enumerate(zip(ref, t)) if a != b), None)
-        if pos is None and len(t) != len(ref):
-            pos = min(len(t), len(ref))
-        div[k] = pos
-    return {"identical": all(v is None for v in div.values()), "reference": labels[0], "first_divergence": div}
+    div = {k: first_divergence(toks[k], ref, partial=partial) for k in labels}
+    compared = min(len(t) for t in toks.values()) if partial else max(len(t) for t in toks.values())
+    return {"identical": all(v is None for v in div.values()), "reference": labels[0], "first_divergence": div,
+            "compared": compared, "partial": partial}
 
 
-def side_by_side(runs: Mapping[str, Any]) -> go.Figure:
+def side_by_side(runs: Mapping[str, Any], *, partial: bool = False) -> go.Figure:
     """2-4 methods on the same prompt in lockstep, aligned by output position: each one's token stream
     (coloured by provenance), the wall time at which each output position was committed (lower = faster),
-    tokens/s and mean acceptance length, and whether the outputs are identical."""
+    tokens/s and mean acceptance length, and whether the outputs are identical. `partial=True` while the runs
+    are still streaming (or after a stop): only positions every run has produced are compared."""
     runs = {k: steps_of(v) for k, v in runs.items()}
     labels = list(runs)
-    verdict = compare_outputs(runs)
+    verdict = compare_outputs(runs, partial=partial)
     strip_px, time_px, bar_px = 50 + 34 * len(labels), 260, 170
     total_px = strip_px + time_px + bar_px
     fig = make_subplots(rows=3, cols=1, row_heights=[strip_px / total_px, time_px / total_px, bar_px / total_px],
@@ -906,7 +907,8 @@ def side_by_side(runs: Mapping[str, Any]) -> go.Figure:
                         line=dict(color="#888888", width=0.5)),
             hovertext=[f"{k} · position {i}<br>{_span_hover(sp)}" for i, sp in enumerate(spans)], hoverinfo="text",
             name=k, showlegend=False, customdata=[sp.token for sp in spans]), row=1, col=1)
-        bad = [i for i, sp in enumerate(spans) if i >= len(ref_tokens) or sp.token != ref_tokens[i]]
+        bad = [i for i, sp in enumerate(spans) if (i >= len(ref_tokens) and not partial)
+               or (i < len(ref_tokens) and sp.token != ref_tokens[i])]
         if bad:
             fig.add_trace(go.Scatter(x=bad, y=[ylabels[k]] * len(bad), mode="markers", hoverinfo="skip",
                                      marker=dict(symbol="x-thin", size=11, line=dict(color="#d62728", width=2)),
@@ -926,7 +928,9 @@ def side_by_side(runs: Mapping[str, Any]) -> go.Figure:
                          text=[f"{mets[k].tokens_per_s:.1f} tok/s · MAL {mets[k].mean_accept_len:.2f}" for k in labels],
                          textposition="auto", showlegend=False, name="speed",
                          hovertemplate="%{x}: %{y:.2f} tokens/s<extra></extra>"), row=3, col=1)
-    if verdict["identical"]:
+    if verdict["identical"] and partial:
+        head = f"identical so far ({verdict['compared']} positions every method has produced)"
+    elif verdict["identical"]:
         head = f"identical outputs ({len(ref_tokens)} tokens, {len(labels)} methods)"
     else:
         bad = [f"{k} at position {p}" for k, p in verdict["first_divergence"].items() if p is not None]
@@ -947,20 +951,28 @@ def side_by_side(runs: Mapping[str, Any]) -> go.Figure:
 # ---- latency curve ---------------------------------------------------------------------------------
 
 def latency_curve(points: Any, *, title: str | None = None) -> go.Figure:
-    """Seconds for one target forward over n tokens: `points` is a list of (n_tokens, seconds) pairs (repeats
-    allowed: the line is the median per n) or a dict {label: pairs} for several curves (e.g. chain vs tree).
-    Flat means extra draft tokens are nearly free on this device; the knee says where they stop being free."""
-    curves = dict(points) if isinstance(points, Mapping) else {"forward": list(points)}
+    """Seconds for one target forward over n tokens: `points` is a `labkit.sizing.LatencyCurve` (the line is its
+    latency model, the fastest repeat per n; dots are every timed forward), a list of (n_tokens, seconds) pairs
+    (repeats allowed: the line is the median per n), or a dict {label: either} for several curves (e.g. the
+    stock and the fast execution path). Flat means extra draft tokens are nearly free on this device; the knee
+    says where they stop being free."""
+    curves = dict(points) if isinstance(points, Mapping) else {"forward": points}
     fig = go.Figure()
     meta = {}
     for j, (label, pts) in enumerate(curves.items()):
         color = METHOD_COLORS[j % len(METHOD_COLORS)]
+        model = None
+        if hasattr(pts, "tokens") and hasattr(pts, "seconds"):  # a LatencyCurve
+            model = list(zip(pts.tokens, pts.seconds))
+            pts = pts.points()
         pts = [(int(n), float(s)) for n, s in pts]
         by_n: dict[int, list[float]] = {}
         for n, s in pts:
             by_n.setdefault(n, []).append(s)
         ns = sorted(by_n)
         med = [sorted(by_n[n])[len(by_n[n]) // 2] for n in ns]
+        if model is not None:
+            ns, med = [int(n) for n, _ in model], [float(s) for _, s in model]
         base = med[0] if med else 0.0
         if any(len(v) > 1 for v in by_n.values()):
             fig.add_trace(go.Scatter(x=[n for n, _ in pts], y=[s * 1000 for _, s in pts], mode="markers",

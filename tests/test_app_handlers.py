@@ -103,6 +103,8 @@ BAD = [
     (dict(model=""), "no model chosen"),
     (dict(method="draft_model", params={"draft": "Qwen/Qwen2.5-0.5B"}), "not on this app's allow-list"),
     (dict(method="draft_model", params={"draft": "./some/dir"}), "not on this app's allow-list"),
+    (dict(method="draft_model", params={"draft": "gpt2"}), "draft='gpt2' names a model that is not on"),  # bare hub id
+    (dict(method="ead", params={"small": "gpt2"}), "small='gpt2' names a model that is not on"),
     (dict(method="draft_model", params={"draft": "self:99"}), "self:N needs"),
 ]
 
@@ -257,7 +259,27 @@ def test_compare_streams_side_by_side_with_verdict(app):
     assert verdict.count("✓ identical") == 2 and "speedup" in verdict and "1.00×" in verdict
     assert [r.source for r in v.runs.values()] == ["compare"] * 3
     if H.VIEWS.available("side_by_side"):
-        assert ups[-2].plot is not None and ups[-1].plot is H.UNCHANGED
+        # the final figure comes with the verdict (the last word) and agrees with it; while the lanes stream,
+        # only positions every lane has produced are compared, so identical runs never show "differ"
+        final = ups[-1].plot
+        assert final is not None and final is not H.UNCHANGED and final.layout.title.text.startswith("✓ identical")
+        plots = [u.plot for u in ups[:-1] if u.plot not in (None, H.UNCHANGED)]
+        assert plots and all(not p.layout.title.text.startswith("✗") for p in plots)
+        assert "Expected = tokens per round" in verdict and "expected" in verdict.splitlines()[0]
+
+
+def test_stopped_compare_marks_lanes_stopped_and_compares_what_both_produced(app):
+    v = H.Visitor()
+    ups = []
+    for u in app.compare(v, "tiny-llama", ["prompt_lookup", "token_recycling"], PROMPT, 40, chat=False):
+        ups.append(u)
+        if len(ups) == 4:
+            v.request_stop()
+    assert ups[-1].done and ups[-1].status.startswith("stopped")
+    titles = [c.title for c in ups[-1].columns if c is not None]
+    assert all("■ stopped" in t and "✓ done" not in t for t in titles), titles
+    if H.VIEWS.available("side_by_side"):
+        assert ups[-1].plot.layout.title.text.startswith("✓ identical so far")
 
 
 @pytest.mark.parametrize("picked, msg", [

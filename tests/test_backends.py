@@ -74,3 +74,34 @@ def test_truncated_draft_runs_on_the_targets_path():
     assert truncated_copy(lm, 1).backend == "fast"
     with backends.use(lm.model, "stock"):
         assert truncated_copy(lm, 1).backend == "stock"
+
+
+def test_fast_attention_matches_sdpa_with_a_tree_mask():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from labkit import tree
+
+    class Module(torch.nn.Module):
+        num_key_value_groups = 3
+        is_causal = True
+
+    torch.manual_seed(0)
+    parents = [-1, -1, 0, 0, 2, 1, 5]
+    q = torch.randn(1, 6, len(parents) + 1, 16)
+    k, v = torch.randn(2, 1, 2, 40 + len(parents) + 1, 16)
+    mask = tree.attention_mask(parents, 40)
+    want, _ = sdpa_attention_forward(Module(), q, k, v, mask, scaling=0.25)
+    got, _ = backends.fast_sdpa(Module(), q, k, v, mask, scaling=0.25)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # one token, no mask: transformers' own path
+    want, _ = sdpa_attention_forward(Module(), q[:, :, :1], k, v, None, scaling=0.25)
+    got, _ = backends.fast_sdpa(Module(), q[:, :, :1], k, v, None, scaling=0.25)
+    assert torch.equal(got, want)
+
+
+def test_fast_path_switches_the_attention_implementation_and_back():
+    lm = tiny_lm("llama", backend="fast")
+    assert lm.model.config._attn_implementation == backends.FAST_ATTENTION
+    with backends.use(lm.model, "stock"):
+        assert lm.model.config._attn_implementation == "sdpa"
+    assert lm.model.config._attn_implementation == backends.FAST_ATTENTION

@@ -412,8 +412,11 @@ def test_views_on_a_real_run(tiny):
     assert views.method_state(lab.run("swift", [1, 2, 3, 1], max_new_tokens=6).steps[-1]).layout.meta["method"] \
         == "swift"
     views.token_stream(tr.steps)
-    pts = lab.measure_latency((1, 4), repeats=2, context=16, shape="tree")
-    assert [n for n, _ in pts] == [1, 1, 4, 4] and all(s > 0 for _, s in pts)
+    curves = {b: lab.latency_curve(backend=b) for b in ("stock", "fast")}  # one measurement: labkit.sizing
+    assert lab.lm.backend == "stock"  # measuring the fast path switched back afterwards
+    fig = views.latency_curve(curves)
+    assert all(c.tokens[0] == 1 and f"-{b}-" in c.key for b, c in curves.items())  # cached per backend
+    assert set(fig.layout.meta["median"]) == {"stock", "fast"}
     labelled = lab.compare({"tr-2": ("token_recycling", {"nodes": 2}), "ar": "autoregressive"}, [1, 2, 3],
                            max_new_tokens=6)
     assert list(labelled) == ["tr-2", "ar"] and labelled["tr-2"].config["params"]["nodes"] == 2

@@ -27,7 +27,7 @@ from ..params import ParamError, param
 class DraftModelParams:
     draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth "
                                     "of them; the offline default), 'self' = the target itself, or a hub id / local "
-                                    "path / embedded model name")
+                                    "path / embedded model name", model=True)
     draft_len: int = param(4, "tokens drafted per round", lo=1, hi=32)
 
 

@@ -32,7 +32,7 @@ from .strategies import candidate_nodes, inverse_cdf
 @dataclass
 class EADParams:
     small: str = param("self:auto", "the small model: 'self:N' = the target's first N layers ('self:auto' = a "
-                                    "fifth), or a hub id / local path / embedded model name")
+                                    "fifth), or a hub id / local path / embedded model name", model=True)
     threshold: float = param(2.0, "switch to the large model when the small model's rolling entropy (nats) "
                                   "exceeds this", lo=0.0, hi=20.0)
     window: int = param(4, "rolling-entropy window (tokens)", lo=1, hi=64)

@@ -31,13 +31,13 @@ DRAFT_HELP = ("the draft LM: 'self:N' = the target's first N layers ('self:auto'
 
 @dataclass
 class RSDCParams:
-    draft: str = param("self:auto", DRAFT_HELP)
+    draft: str = param("self:auto", DRAFT_HELP, model=True)
     branching: str = param("3,2,2", "children per node at each depth, comma-separated (3,2,2 = 3 + 6 + 12 nodes)")
 
 
 @dataclass
 class RSDSParams:
-    draft: str = param("self:auto", DRAFT_HELP)
+    draft: str = param("self:auto", DRAFT_HELP, model=True)
     beam: int = param(4, "beam width: sequences kept per level", lo=1, hi=16)
     depth: int = param(4, "tree depth", lo=1, hi=16)
 

@@ -28,7 +28,7 @@ from ..params import param
 @dataclass
 class SpecTrParams:
     draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), "
-                                    "'self' = the target itself, or a hub id / local path / embedded model name")
+                                    "'self' = the target itself, or a hub id / local path / embedded model name", model=True)
     k: int = param(3, "draft sequences per round", lo=1, hi=16)
     draft_len: int = param(4, "tokens per draft sequence", lo=1, hi=16)
 

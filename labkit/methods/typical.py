@@ -29,7 +29,7 @@ from .static_tree import StaticTree
 @dataclass
 class TypicalParams:
     draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), "
-                                    "'self' = the target itself, or a hub id / local path / embedded model name")
+                                    "'self' = the target itself, or a hub id / local path / embedded model name", model=True)
     template: str = param("mc_sim_7b_63", "the tree shape (labkit.templates)", choices=tuple(templates.TEMPLATES))
     nodes: int = param(24, "tree size: the template's first `nodes` entries", lo=1, hi=80)
     epsilon: float = param(0.09, "hard probability threshold (Medusa's posterior_threshold)", lo=0.0, hi=1.0)
