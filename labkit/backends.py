@@ -14,10 +14,14 @@ of losslessness on every path.
   docs/benchmark.md), and the one-token step itself is faster too. The packed kernel is row-consistent:
   a row's result does not depend on how many rows the pass has (stock MKL's does), so a tree verify
   computes exactly what one-token steps would in every linear layer.
+  Sibling projections of the same input (q/k/v, gate/up) are packed together and computed in one GEMM
+  (`FusedGroup`): fewer, larger calls, bitwise the same outputs.
   2. Attention with grouped KV heads (GQA) is registered with transformers' `AttentionInterface` as
   `labkit_fast_sdpa`: for a pass over several tokens it regroups the query heads onto their KV head (as
   transformers itself does for one token, `pack_gqa`) instead of copying every KV head out to its query heads
   (`repeat_kv`: the whole KV cache copied, per layer, per pass). Anything else goes to transformers' SDPA.
+  3. The engine's KV caches grow in place (`labkit.kvcache.GrowingCache`, a `DynamicCache` whose layers keep
+  spare capacity) instead of concatenating the whole cache every step (`new_cache`).
 
     lm = labkit.load()                          # backend="auto": fast on CPU, stock on GPU
     backends.current(lm.model)                  # 'fast'
@@ -84,6 +88,8 @@ class PackedLinear(torch.nn.Linear):
     _packed: torch.Tensor | None = None
     _packed_for: tuple | None = None  # (data_ptr, dtype) of the weight that was packed
     enabled: bool = True
+    _group: "FusedGroup | None" = None  # sibling projections of the same input, packed together
+    _cols: tuple[int, int] = (0, 0)  # this layer's columns in the group's output
 
     def repack(self) -> None:
         self._packed = _pack(self.weight)
@@ -94,6 +100,8 @@ class PackedLinear(torch.nn.Linear):
         if (not self.enabled or x.dtype is not w.dtype or w.dtype not in _PACKABLE or x.device.type != "cpu"
                 or w.device.type != "cpu" or (w.requires_grad and torch.is_grad_enabled())):
             return F.linear(x, w, self.bias)  # what nn.Linear.forward computes
+        if self._group is not None:
+            return self._group.output(x)[..., self._cols[0]:self._cols[1]]
         if self._packed_for != (w.data_ptr(), w.dtype):  # a deep copy, a new dtype or new weights: pack again
             self.repack()
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
@@ -151,6 +159,78 @@ def _switch_attention(model: torch.nn.Module, fast: bool) -> None:
         model.set_attn_implementation(getattr(model, "_labkit_attn_before", "sdpa"))
 
 
+def new_cache(model: torch.nn.Module | None):
+    """An empty KV cache for a generation on `model`'s path: on the fast path a `labkit.kvcache.GrowingCache`
+    (grows in place instead of concatenating), on the stock path (or without a model) transformers'
+    `DynamicCache`."""
+    from transformers import DynamicCache
+
+    if model is not None and current(model) == "fast":
+        from .kvcache import GrowingCache
+
+        return GrowingCache()
+    return DynamicCache()
+
+
+# Sibling projections that a decoder layer applies to the same input (transformers' module names).
+FUSE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class FusedGroup:
+    """Sibling `PackedLinear`s that read the same input (q/k/v; gate/up), packed as ONE weight: the first member
+    called on an input computes every member's columns in one oneDNN GEMM, the others take their slice of it
+    (fewer, larger GEMMs: measured 28.9 -> 25.5 ms of linears per one-token step on SmolLM2, 35.3 -> 27.7 ms at
+    8 tokens, and bitwise the same outputs). The result is kept only while the next call passes the very same
+    input tensor, unmodified."""
+
+    def __init__(self, members: list[PackedLinear]):
+        self.members = members
+        bounds, at = [], 0
+        for lin in members:
+            bounds.append((at, at + lin.out_features))
+            at += lin.out_features
+        for lin, cols in zip(members, bounds):
+            lin._group, lin._cols = self, cols
+        self._packed = self._bias = self._for = None
+        self._last: tuple | None = None  # (input tensor, its version, output)
+
+    def _key(self) -> tuple:
+        return tuple((m.weight.data_ptr(), m.weight.dtype) for m in self.members)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        last = self._last
+        version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
+        if last is not None and last[0] is x and last[1] == version:
+            return last[2]
+        if self._for != self._key():  # first use, a deep copy or new weights: pack the concatenation
+            weights = [m.weight.detach() for m in self.members]
+            self._packed = _pack(torch.cat(weights))
+            biases = [m.bias for m in self.members]
+            self._bias = None if all(b is None for b in biases) else torch.cat(
+                [b.detach() if b is not None else torch.zeros(m.out_features, dtype=x.dtype)
+                 for b, m in zip(biases, self.members)])
+            self._for = self._key()
+        out = torch.ops.mkldnn._linear_pointwise(x, self._packed, self._bias, "none", [], "")
+        self._last = (x, version, out)
+        return out
+
+    def __getstate__(self):  # deep copies re-pack lazily (the opaque packed tensor cannot be copied)
+        return {"members": self.members, "_packed": None, "_bias": None, "_for": None, "_last": None}
+
+
+def _fuse(model: torch.nn.Module) -> int:
+    """Group the sibling projections of every module (see FUSE_GROUPS); returns how many groups were made."""
+    made = 0
+    for module in model.modules():
+        for names in FUSE_GROUPS:
+            members = [getattr(module, n, None) for n in names]
+            if all(isinstance(m, PackedLinear) and m._group is None for m in members) and \
+                    len({(m.in_features, m.weight.dtype, m.weight.device) for m in members}) == 1:
+                FusedGroup(members)
+                made += 1
+    return made
+
+
 def current(model: torch.nn.Module) -> str:
     """The backend a model runs on now."""
     return getattr(model, "_labkit_backend", "stock")
@@ -191,7 +271,9 @@ def apply(model: torch.nn.Module, backend: str, *, log: Callable[[str], None] | 
         for lin in linears:
             lin.__class__ = PackedLinear
             lin.enabled = True
-            if lin.weight.dtype in _PACKABLE and lin.weight.device.type == "cpu" \
+        _fuse(model)  # grouped layers compute through their group's packed weight (packed on first use)
+        for lin in linears:
+            if lin._group is None and lin.weight.dtype in _PACKABLE and lin.weight.device.type == "cpu" \
                     and lin._packed_for != (lin.weight.data_ptr(), lin.weight.dtype):
                 lin.repack()
     _switch_attention(model, True)

@@ -90,9 +90,9 @@ class TreeDrafter:
         self.reset()
 
     def reset(self) -> None:
-        from transformers import DynamicCache
+        from .backends import new_cache
 
-        self.cache = DynamicCache()
+        self.cache = new_cache(getattr(self.lm, "model", None))
         self.fed: list[int] = []  # committed tokens in the cache
         self.slots: dict[int, int] = {}  # tree node index -> its order among the fed tree entries
         self.slot_pos: list[int] = []  # position id of each fed tree entry

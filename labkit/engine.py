@@ -137,11 +137,11 @@ class Target:
     """Owns the target model's KV cache for one generation."""
 
     def __init__(self, lm: LM):
-        from transformers import DynamicCache
+        from .backends import new_cache
 
         self.lm = lm
         self.model = lm.model
-        self.cache = DynamicCache()
+        self.cache = new_cache(lm.model)  # grows in place on the fast path
         self.kv_len = 0
         self.window = _sliding_window(lm.config)
         self._keep_arg = "logits_to_keep" in inspect.signature(self.model.forward).parameters

@@ -441,6 +441,11 @@ class TreeSizer:
         self._lat.get()
         return self._lat.curve
 
+    def use_curve(self, curve: LatencyCurve) -> None:
+        """Decide on `curve` instead of this device's measured one (tests, what-if teaching)."""
+        self._lat = _Lazy(self._lat.lm, self._lat.max_nodes, curve, curve.table(self._lat.max_nodes))
+        self._current = None
+
     def reset(self) -> None:
         self.acceptance.reset()
         self._current = None
@@ -493,6 +498,11 @@ class ChainSizer:
     def curve(self) -> LatencyCurve:
         self._lat.get()
         return self._lat.curve
+
+    def use_curve(self, curve: LatencyCurve) -> None:
+        """Decide on `curve` instead of this device's measured one (tests, what-if teaching)."""
+        self._lat = _Lazy(self._lat.lm, self._lat.max_nodes, curve, curve.table(self._lat.max_nodes))
+        self._current = None
 
     def reset(self) -> None:
         self.acceptance.reset()

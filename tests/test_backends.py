@@ -105,3 +105,38 @@ def test_fast_path_switches_the_attention_implementation_and_back():
     with backends.use(lm.model, "stock"):
         assert lm.model.config._attn_implementation == "sdpa"
     assert lm.model.config._attn_implementation == backends.FAST_ATTENTION
+
+
+def test_growing_cache_behaves_like_dynamic_cache():
+    from transformers import DynamicCache
+
+    from labkit.kvcache import MIN_CAPACITY, GrowingCache
+
+    torch.manual_seed(0)
+    grow, dyn = GrowingCache(), DynamicCache()
+    for step, m in enumerate([5, 1, 3, MIN_CAPACITY, 2]):  # the 4th update outgrows the first buffer
+        k, v = torch.randn(2, 1, 2, m, 8)
+        kg, vg = grow.update(k, v, 0)
+        kd, vd = dyn.update(k, v, 0)
+        assert torch.equal(kg, kd) and torch.equal(vg, vd)
+        if step == 2:
+            grow.crop(-2)
+            dyn.crop(-2)
+            # the engine's compaction writes in place into the cache's view
+            for c in (grow, dyn):
+                c.layers[0].keys[..., 3:4, :] = c.layers[0].keys.index_select(-2, torch.tensor([5]))
+    assert grow.get_seq_length() == dyn.get_seq_length() == 5 + 1 + 3 - 2 + MIN_CAPACITY + 2
+    assert torch.equal(grow.layers[0].keys, dyn.layers[0].keys)
+    layer = grow.layers[0]
+    assert layer.keys.data_ptr() == layer._kbuf.data_ptr() and layer._kbuf.shape[-2] > layer.keys.shape[-2]
+
+
+def test_engine_uses_the_growing_cache_on_the_fast_path_only():
+    from transformers import DynamicCache
+
+    from labkit import engine
+    from labkit.kvcache import GrowingCache
+
+    assert isinstance(engine.Target(tiny_lm("llama", backend="fast")).cache, GrowingCache)
+    stock = engine.Target(tiny_lm("llama")).cache
+    assert isinstance(stock, DynamicCache) and not isinstance(stock, GrowingCache)

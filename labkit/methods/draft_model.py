@@ -68,9 +68,9 @@ class DraftModel(Method):
         self._fresh_cache()
 
     def _fresh_cache(self) -> None:
-        from transformers import DynamicCache
+        from ..backends import new_cache
 
-        self.cache = DynamicCache()
+        self.cache = new_cache(self.draft.model)
         self.fed: list[int] = []
 
     def start(self, prompt, sampling) -> None:
