@@ -33,12 +33,14 @@ CSS = """
 """
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
-EXAMPLES = [DEFAULT_PROMPT, "Write a short Python function that checks whether a number is prime.",
-            "List the planets of the solar system in order, one per line, with one fact each."]
+# the methods' own example prompts (where each one's drafts shine) first, then two plain ones
+EXAMPLES = list(dict.fromkeys([*(H.methods.get(n).example for n in H.method_names()), DEFAULT_PROMPT,
+                               "Write a short Python function that checks whether a number is prime."]))
 INTRO = ("# labkit: watch fast decoding happen\n"
          "Instrumented speculative decoders on a real causal LM. Every round the method drafts a tree of tokens, "
          "the target verifies the whole tree in one forward pass, and the accepted path plus one bonus token are "
-         "committed. **Coloured text** = draft tokens the target accepted; plain = the target's own tokens.")
+         "committed. In the token stream, **green** = draft tokens the target accepted, **blue** = the bonus token "
+         "the target picked itself after each verify pass, **grey** = plain one-token-per-forward decoding.")
 
 
 def _v(x):
@@ -141,8 +143,8 @@ def build(app: H.App) -> gr.Blocks:
             with gr.Tab("Live", id="live"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
-                        prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=3, max_lines=12,
-                                            elem_id="lk-live-prompt")
+                        prompt = gr.Textbox(value=H.methods.get(default_method).example, label="Prompt", lines=3,
+                                            max_lines=12, elem_id="lk-live-prompt")
                         with gr.Row():
                             run = gr.Button("Generate", variant="primary", elem_id="lk-live-run")
                             stop = gr.Button("Stop", variant="stop", elem_id="lk-live-stop")
@@ -294,10 +296,17 @@ def build(app: H.App) -> gr.Blocks:
                 gr.Info("stopping after the current step…")
 
         # -- Live
-        def on_method(name):
-            return [gr.update(visible=m == name) for m in live_groups] + [H.method_card(name)]
+        def on_method(name, current):
+            # a prompt the visitor has not edited follows the method to the method's own example
+            try:
+                example = H.methods.get(name).example if str(current or "").strip() in EXAMPLES else None
+            except H.ParamError:
+                example = None
+            return [gr.update(visible=m == name) for m in live_groups] + [H.method_card(name)] + \
+                [gr.update(value=example) if example else gr.skip()]
 
-        method.change(on_method, method, list(live_groups.values()) + [card], queue=False, show_progress="hidden", api_visibility="private")
+        method.change(on_method, [method, prompt], list(live_groups.values()) + [card, prompt], queue=False,
+                      show_progress="hidden", api_visibility="private")
 
         def live_fn(visitor, model, method, prompt, max_new, mode, temperature, top_k, top_p, seed, chat, *pvals):
             params = H.collect_params(pvals, keys).get(method, {})

@@ -301,6 +301,8 @@ def method_card(name: str) -> str:
     tag = "lossless (token-identical to greedy `generate`; preserves the sampling distribution)" if info["lossless"] \
         else "**LOSSY**: trades exactness for speed, its output can differ from the target's"
     lines = [f"**{info['title']}** (`{name}`), {info['kind']}; {tag}.", "", f"Paper: {info['paper']}"]
+    if info["kind"] == "speculative":
+        lines += ["", f"Where it shines: _{info['example']}_"]
     if not info["params"]:
         lines += ["", "No parameters."]
     return "\n".join(lines)
@@ -396,13 +398,6 @@ def stream_html(steps: list[Step], method: str | None = None) -> str:
         return out
     text = html.escape("".join(s.text for s in steps))
     return f'<div class="lk-plain-stream" style="white-space:pre-wrap">{text}</div>'
-
-
-def last_tree_step(steps: list[Step]) -> Step | None:
-    for s in reversed(steps):
-        if s.nodes:
-            return s
-    return None
 
 
 # ---- metrics text -----------------------------------------------------------------------------------------
@@ -644,7 +639,7 @@ class App:
                                   note=_finish_reason(steps, stop.is_set()))
         else:
             key = None
-        tree_step = last_tree_step(steps) or (steps[-1] if steps else None)
+        tree_step = VIEWS.call("showcase_step", steps) or (steps[-1] if steps else None)
         status = f"{_finish_reason(steps, stop.is_set())}: {head}" + (f" · saved as run “{key}”" if key else "")
         yield LiveUpdate(html=stream_html(steps, req.method), text="".join(s.text for s in steps),
                          tree=VIEWS.call("draft_tree", tree_step) if tree_step else None,
@@ -747,7 +742,10 @@ class App:
             state = (" · ■ stopped" if lane.get("stopped") else
                      " · ✓ done" if lane["done"] and not lane["error"] else "")
             title = f"**{lane['name']}** · {tag}" + state
-            body = metrics_md(lane["steps"]) + (f"\n\n⚠ {lane['error']}" if lane["error"] else "")
+            # which settings run (Token Recycling's sizing, a draft model...): the method's own description
+            setting = lane["cfg"].get("method_description") or ""
+            body = (f"_{setting}_\n\n" if setting and setting != info["title"] else "") + metrics_md(lane["steps"]) + \
+                (f"\n\n⚠ {lane['error']}" if lane["error"] else "")
             cols.append(Column(title=title, html=stream_html(lane["steps"], lane["name"]), metrics=body))
         return cols + [None] * (COMPARE_COLUMNS - len(cols))
 
@@ -765,8 +763,8 @@ class App:
         steps = rec.steps
         n = len(steps)
         if index is None or index == "":
-            last = last_tree_step(steps)
-            i = steps.index(last) if last is not None else n - 1
+            best = VIEWS.call("showcase_step", steps)
+            i = steps.index(best) if best is not None else n - 1
         else:
             try:
                 i = parse_int("step", index, None, None)

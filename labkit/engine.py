@@ -64,6 +64,8 @@ class Method:
     lossless: ClassVar[bool] = True
     kind: ClassVar[str] = "speculative"  # speculative | baseline | strategy
     Params: ClassVar[type] = None  # a dataclass of parameters with defaults
+    # A prompt on which this method's drafts show what they do (the app starts a visitor there)
+    example: ClassVar[str] = "List the planets of the solar system in order, one per line, with one fact each."
 
     def __init__(self, lm: LM, params: Any = None):
         self.lm = lm
@@ -301,6 +303,9 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
         return
     eos = lm.eos_ids
     target = Target(lm)
+    # phase times are read after the device's queued work is done (CUDA launches are asynchronous: without a
+    # sync the verify pass's time would land in whichever phase next waits for its result); a no-op on CPU
+    sync = (lambda: torch.cuda.synchronize(target.device)) if target.device.type == "cuda" else (lambda: None)
     detok = Detokenizer(lm, prompt[-4:])
     label = (lambda t: lm.token_texts([t])[0]) if detail else str
     method.target = target
@@ -310,6 +315,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     t0 = time.perf_counter()
     want = min(method.prompt_positions(), len(prompt))
     logits = target.prefill(prompt, keep=want)
+    sync()
     t1 = time.perf_counter()
     if want:
         method.observe_prompt(prompt, logits[-want:])
@@ -340,10 +346,13 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
         budget_nodes = max_new_tokens - n_new - 1  # never draft past the token budget
         if len(prop.tokens) > budget_nodes:
             prop = _truncate(prop, max(budget_nodes, 0))
+        sync()
         t1 = time.perf_counter()
         logits = target.verify(root, prop.tokens, prop.parents)
+        sync()
         t2 = time.perf_counter()
         out = method.accept(prop, logits, sampling, gen, label)
+        sync()
         t3 = time.perf_counter()
         target.commit(len(prop.tokens), out.path)
         state = dict(prop.state)

@@ -14,7 +14,9 @@ import dataclasses
 import importlib
 import json
 import os
+import threading
 import typing
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -214,9 +216,10 @@ class TraceWriter:
 
 
 def save_trace(path: str | os.PathLike, config: dict, events: Iterable[Any]) -> None:
-    """Write a whole trace atomically (temporary file, then rename)."""
+    """Write a whole trace atomically (a temporary file of this writer's own, then rename): concurrent writers of
+    one path (the app writing a run's trace while a visitor opens it) never move each other's files."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with TraceWriter(tmp, config) as w:
             for e in events:

@@ -254,6 +254,13 @@ def _tree_title(step: Step) -> str:
     return f"{head} = {len(step.tokens)} token(s) for one target forward"
 
 
+def showcase_step(steps: Sequence[Step]) -> Step | None:
+    """The round whose tree shows the most: the most draft tokens accepted, then the bigger tree, then the later
+    round (None if no round drafted anything). The app ends a Live run on it and the explorer opens there."""
+    drafted = [s for s in steps if s.nodes]
+    return max(drafted, key=lambda s: (s.n_accepted, len(s.nodes), s.index)) if drafted else None
+
+
 def draft_tree(step: Step, *, title: str | None = None) -> go.Figure:
     """One round's draft tree, laid out by depth: colour = the target's decision; the accepted path is bold and
     ends in the bonus token (a star). Hover a node for its text, q, p, acceptance probability, draw and reason."""
@@ -1236,7 +1243,8 @@ def bench_summary(rows: Sequence[Mapping], *, clock: str = "cpu", title: str | N
     """`labkit.bench.table` rows: per Spec-Bench category (and overall), each method's speedup over the
     autoregressive baseline measured in the same process -- process CPU time (`clock="cpu"`, fair with one
     torch thread on a shared machine) or wall time (`clock="wall"`) -- and its mean acceptance length.
-    `model.generate` ("generate") does the same work as the baseline: its bars show how noisy the ratios are."""
+    `model.generate` ("generate", on the stock model) does the same work as the baseline on the stock path: its
+    bars show what the fast execution path gains (and how noisy the ratios are)."""
     if clock not in ("cpu", "wall"):
         raise ValueError("clock must be 'cpu' or 'wall'")
     rows = [r for r in rows if not str(r["method"]).endswith("+trace")]
@@ -1310,6 +1318,6 @@ def session_warmup(runs: Sequence[Any], *, labels: Sequence[str] | None = None) 
 
 __all__ = ["draft_tree", "token_stream", "token_stream_html", "tree_mask", "kv_compaction", "acceptance_stats",
            "method_state", "STATE_VIEWS", "register_state_view", "generic_state", "token_recycling_state",
-           "side_by_side", "compare_outputs", "latency_curve", "rejection_demo", "simulate_rejection", "chi_square",
+           "side_by_side", "compare_outputs", "showcase_step", "latency_curve", "rejection_demo", "simulate_rejection", "chi_square",
            "session_warmup", "siblings_demo", "simulate_siblings", "SIBLING_RULES", "state_timeline",
            "bench_summary", "init_notebook", "to_html", "steps_of", "show_token", "tree_layout", "verify_start"]

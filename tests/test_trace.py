@@ -110,3 +110,25 @@ def test_unsupported_method_fails_before_anything_runs(tiny, tmp_path):
     with pytest.raises(ValueError, match="cannot run on .*100 layers"):
         lab.stream(Picky(lab.lm), "hello", max_new_tokens=4, chat=False, trace=str(path))
     assert not path.exists()
+
+
+def test_concurrent_saves_of_one_path_do_not_collide(tmp_path):
+    import threading
+
+    steps = []  # the header alone: the race is about the files, not their size
+    path = tmp_path / "t.jsonl"
+    errors = []
+
+    def save():
+        try:
+            save_trace(path, {"method": "x"}, steps)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=save) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and load_trace(path).config["method"] == "x"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]  # no temporary file left behind

@@ -55,7 +55,7 @@ def create(name: str, lm, params: dict[str, Any] | None = None) -> Method:
 def info(name: str) -> dict:
     cls = get(name)
     return {"name": cls.name, "title": cls.title, "paper": cls.paper, "lossless": cls.lossless,
-            "kind": cls.kind, "params": describe(cls.Params)}
+            "kind": cls.kind, "params": describe(cls.Params), "example": cls.example}
 
 
 __all__ = ["REGISTRY", "get", "create", "info", "Method"]

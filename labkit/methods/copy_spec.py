@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ..engine import Method, Proposal, Verified
 from ..params import param
+from .prompt_lookup import COPY_EXAMPLE
 
 
 @dataclass
@@ -81,6 +82,7 @@ class CopySpec(Method):
              "Ge et al. 2022, Lossless Acceleration for Seq2seq Generation with Aggressive Decoding (arXiv:2205.10350)")
     lossless = True
     Params = CopySpecParams
+    example = COPY_EXAMPLE
 
     def __init__(self, lm, params=None):
         super().__init__(lm, params)

@@ -45,12 +45,19 @@ def find_continuation(seq: list[int], max_ngram: int, min_ngram: int, length: in
     return [], 0, -1
 
 
+# A prompt whose answer repeats the context: where copying drafts shine (prompt lookup, copy drafts)
+COPY_EXAMPLE = ('Here is a note: "The library opens at nine on weekdays and at ten on Saturdays. It is closed on '
+                'Sundays and public holidays. Books can be borrowed for three weeks." Repeat the note word for word, '
+                'then answer: when does the library open on Saturdays?')
+
+
 class PromptLookup(Method):
     name = "prompt_lookup"
     title = "Prompt lookup (n-gram copy)"
     paper = "Saxena 2023, Prompt Lookup Decoding (github.com/apoorvumang/prompt-lookup-decoding)"
     lossless = True
     Params = PromptLookupParams
+    example = COPY_EXAMPLE
 
     def __init__(self, lm, params=None):
         super().__init__(lm, params)
