@@ -380,6 +380,8 @@ def table(records: Sequence[dict], t_plain: float | None = None) -> list[dict]:
             if not by[lab]:
                 continue
             s = summarize(by[lab], t_plain)
+            if lab == GENERATE_PLD:  # transformers' prompt lookup runs inside generate: its acceptance is not seen
+                s["mean_accept_len"], s["per_depth"] = None, {}
             row = {"method": lab, "category": cat, **s}
             mine = {r["question_id"] for r in by[lab]}
             row["speedup"] = _ratio(by[lab], by.get(BASELINE, []), mine & base_q, t_plain)
@@ -458,7 +460,7 @@ def markdown(rows: list[dict], meta: Sequence[dict] = ()) -> str:
             f"{_f(sp.get('tokens_per_s'), '{:.2f}x')} | {_f(sg.get('tokens_per_s'), '{:.2f}x')} | "
             f"{_f(sp.get('cpu'), '{:.2f}x')} | {_f(sg.get('cpu'), '{:.2f}x')} | "
             f"{_f(sp.get('decode'), '{:.2f}x')} | {_f(sp.get('ideal'), '{:.2f}x')} | {_f(sp.get('efficiency'))} / {_f(sp.get('efficiency_cpu'))} | "
-            f"{r['mean_accept_len']:.2f} | {depth} | {r['nodes_per_round']:.1f} | {_f(r['sizing_mode'], '{}')} | "
+            f"{_f(r['mean_accept_len'])} | {depth} | {r['nodes_per_round']:.1f} | {_f(r['sizing_mode'], '{}')} | "
             f"{ia}/{na} | {ig}/{ng} | {_f(r.get('tracing_overhead'), '{:+.1%}')} / "
             f"{_f(r.get('tracing_overhead_cpu'), '{:+.1%}')} |")
     lines.append("")

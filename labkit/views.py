@@ -36,8 +36,10 @@ from .trace import ACCEPTED, NOT_REACHED, REJECTED, Step
 
 # ---- colours and small helpers ---------------------------------------------------------------------
 
-STATUS_COLORS = {ACCEPTED: "#2ca02c", REJECTED: "#d62728", NOT_REACHED: "#b8b8b8", "bonus": "#1f77b4",
+# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies), and a second cue by shape
+STATUS_COLORS = {ACCEPTED: "#009E73", REJECTED: "#D55E00", NOT_REACHED: "#999999", "bonus": "#0072B2",
                  "root": "#444444"}
+STATUS_SYMBOLS = {ACCEPTED: "circle", REJECTED: "x", NOT_REACHED: "circle-open", "bonus": "star", "root": "square"}
 STATUS_LABELS = {ACCEPTED: "accepted", REJECTED: "rejected", NOT_REACHED: "not reached",
                  "bonus": "bonus (the target's own token)", "root": "root (last committed token)"}
 # token-stream backgrounds by provenance
@@ -45,7 +47,7 @@ PROVENANCE_COLORS = {ST.DRAFT: "#b7e4a8", ST.BONUS: "#bcd7f5", ST.AUTOREGRESSIVE
                      ST.PREFILL: "#e0d4f0"}
 PROVENANCE_LABELS = {ST.DRAFT: "accepted draft token", ST.BONUS: "bonus token (target's own)",
                      ST.AUTOREGRESSIVE: "autoregressive token", ST.PREFILL: "first token (prefill)"}
-METHOD_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+METHOD_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")  # Okabe-Ito
 PHASES = ("draft", "verify", "accept", "commit")
 MAL_NOTE = ("mean acceptance length = tokens committed per target forward pass in the decode rounds, "
             "bonus token included (autoregressive = 1.00)")
@@ -224,22 +226,24 @@ def _tree_traces(step: Step, *, index_labels: bool = False) -> list[go.Scatter]:
         node = step.nodes[key]
         return (f"{key + 1} " if index_labels else "") + show_token(node.text or str(node.token))
 
-    def marker_trace(keys, kind, hovers, symbol="circle", size=14):
+    def marker_trace(keys, kind, hovers, size=14):
         # labels on the accepted path sit above it (the bold path line would cross them)
         on_top = kind in ("root", ACCEPTED, "bonus")
         return go.Scatter(
             x=[pos[k][0] for k in keys], y=[pos[k][1] for k in keys], mode="markers+text",
             text=[label(k) for k in keys], textposition="top center" if on_top else "middle right",
             textfont=dict(size=12),
-            marker=dict(color=STATUS_COLORS[kind], size=size, symbol=symbol, line=dict(color="white", width=1)),
+            marker=dict(color=STATUS_COLORS[kind], size=size, symbol=STATUS_SYMBOLS[kind],
+                        line=dict(color=STATUS_COLORS[kind] if kind in (REJECTED, NOT_REACHED) else "white",
+                                  width=2 if kind in (REJECTED, NOT_REACHED) else 1)),
             hovertext=hovers, hoverinfo="text", name=STATUS_LABELS[kind],
             customdata=[(-1 if k == "root" else (n if k == "bonus" else k)) for k in keys])
 
-    traces.append(marker_trace(["root"], "root", [_root_hover(step)], symbol="square", size=15))
+    traces.append(marker_trace(["root"], "root", [_root_hover(step)], size=15))
     for status in (ACCEPTED, REJECTED, NOT_REACHED):
         keys = [i for i in range(n) if step.nodes[i].status == status]
         traces.append(marker_trace(keys, status, [_node_hover(step, i) for i in keys]))
-    traces.append(marker_trace(["bonus"], "bonus", [_bonus_hover(step)], symbol="star", size=18))
+    traces.append(marker_trace(["bonus"], "bonus", [_bonus_hover(step)], size=18))
     _ = bonus_parent
     return traces
 
@@ -366,15 +370,19 @@ def token_stream_html(steps: Iterable[Any], *, autoregressive: bool = False) -> 
         title = html.escape(f"{PROVENANCE_LABELS.get(sp.provenance, sp.provenance)} · step {sp.step} · "
                             f"{sp.text!r} (id {sp.token})", quote=True)
         text = html.escape(sp.text if sp.text != "" else "∅", quote=False)
+        # accepted draft tokens are also underlined: provenance does not rest on hue alone
+        cue = f"border-bottom:2px solid {STATUS_COLORS[ACCEPTED]};" if sp.provenance == ST.DRAFT else ""
         out.append(f'<span class="lk-{sp.provenance}" data-step="{sp.step}" title="{title}" style="background:'
-                   f'{PROVENANCE_COLORS.get(sp.provenance, "#eeeeee")};border-right:1px solid #ffffff;'
+                   f'{PROVENANCE_COLORS.get(sp.provenance, "#eeeeee")};border-right:1px solid #ffffff;{cue}'
                    f'border-radius:2px;color:#111111">{text}</span>')
     out.append("</div>")
     m = M.compute(steps)
     present = [p for p in (ST.DRAFT, ST.BONUS, ST.AUTOREGRESSIVE, ST.PREFILL) if any(s.provenance == p for s in spans)]
-    legend = " ".join(f'<span style="background:{PROVENANCE_COLORS[p]};padding:0 4px;border-radius:2px">'
+    # chips: dark text on their pastel background; the note follows the page's text colour (light or dark theme)
+    legend = " ".join(f'<span style="background:{PROVENANCE_COLORS[p]};color:#111111;padding:0 4px;border-radius:2px;'
+                      f'{"border-bottom:2px solid " + STATUS_COLORS[ACCEPTED] if p == ST.DRAFT else ""}">'
                       f'{html.escape(PROVENANCE_LABELS[p])}</span>' for p in present)
-    out.append(f'<div class="labkit-legend" style="font-family:sans-serif;font-size:12px;color:#444;'
+    out.append(f'<div class="labkit-legend" style="font-family:sans-serif;font-size:12px;opacity:0.8;'
                f'margin-top:6px">{legend}<br>{m.new_tokens} tokens, {m.target_forwards} target forwards; '
                f'mean acceptance length <b>{m.mean_accept_len:.2f}</b>: {html.escape(MAL_NOTE)}</div>')
     return "".join(out)
@@ -886,11 +894,15 @@ def compare_outputs(runs: Mapping[str, Any], *, partial: bool = False) -> dict:
             "compared": compared, "partial": partial}
 
 
-def side_by_side(runs: Mapping[str, Any], *, partial: bool = False) -> go.Figure:
+def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any = None) -> go.Figure:
     """2-4 methods on the same prompt in lockstep, aligned by output position: each one's token stream
-    (coloured by provenance), the wall time at which each output position was committed (lower = faster),
-    tokens/s and mean acceptance length, and whether the outputs are identical. `partial=True` while the runs
-    are still streaming (or after a stop): only positions every run has produced are compared."""
+    (coloured by provenance), the wall time at which each output position was committed (lower = faster), the
+    target forward passes each needed (counted, not timed: what speculation saves, the same on every run) with
+    the mean acceptance length, and whether the outputs are identical. With `curve` (a
+    `labkit.sizing.LatencyCurve`, e.g. `Session.latency_curve()`), each bar also says the speedup that curve
+    predicts for the rounds the method ran (`sizing.expected_speedup`). tokens/s is one wall-clock sample and
+    says so. `partial=True` while the runs are still streaming (or after a stop): only positions every run has
+    produced are compared."""
     runs = {k: steps_of(v) for k, v in runs.items()}
     labels = list(runs)
     verdict = compare_outputs(runs, partial=partial)
@@ -901,7 +913,7 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False) -> go.Figure
                         subplot_titles=("tokens by output position (colour = provenance, ✕ = differs from "
                                         f"{labels[0] if labels else ''})",
                                         "wall time (s) when each output position was committed: lower = faster",
-                                        "tokens / s (label: mean acceptance length)"))
+                                        "target forward passes (counted: lower = fewer passes for the same text)"))
     mets = {k: M.compute(v) for k, v in runs.items()}
     ylabels = {k: f"{k}" for k in labels}
     ref_tokens = [t for s in runs[labels[0]] for t in s.tokens] if labels else []
@@ -918,7 +930,7 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False) -> go.Figure
                or (i < len(ref_tokens) and sp.token != ref_tokens[i])]
         if bad:
             fig.add_trace(go.Scatter(x=bad, y=[ylabels[k]] * len(bad), mode="markers", hoverinfo="skip",
-                                     marker=dict(symbol="x-thin", size=11, line=dict(color="#d62728", width=2)),
+                                     marker=dict(symbol="x-thin", size=11, line=dict(color=STATUS_COLORS[REJECTED], width=2)),
                                      name=f"{k} differs", showlegend=False), row=1, col=1)
         # time at which every output position was committed
         xs, ys, clock, pos = [], [], 0.0, 0
@@ -930,11 +942,19 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False) -> go.Figure
                 pos += 1
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=color, width=2, shape="hv"), name=k,
                                  hovertemplate=f"{k}: position %{{x}} at %{{y:.2f}} s<extra></extra>"), row=2, col=1)
-    fig.add_trace(go.Bar(x=labels, y=[mets[k].tokens_per_s for k in labels],
+    from .sizing import expected_speedup
+
+    def bar_label(k: str) -> str:
+        bound = expected_speedup(runs[k], curve) if curve is not None else None
+        return (f"{mets[k].target_forwards} passes · {mets[k].mean_accept_len:.2f} tokens/pass"
+                + (f" · curve predicts ×{bound:.2f}" if bound is not None else "")
+                + f" · {mets[k].tokens_per_s:.1f} tok/s (one wall-clock run)")
+
+    fig.add_trace(go.Bar(x=labels, y=[mets[k].target_forwards for k in labels],
                          marker_color=[METHOD_COLORS[j % len(METHOD_COLORS)] for j in range(len(labels))],
-                         text=[f"{mets[k].tokens_per_s:.1f} tok/s · MAL {mets[k].mean_accept_len:.2f}" for k in labels],
-                         textposition="auto", showlegend=False, name="speed",
-                         hovertemplate="%{x}: %{y:.2f} tokens/s<extra></extra>"), row=3, col=1)
+                         text=[bar_label(k) for k in labels], textposition="auto", showlegend=False,
+                         name="forward passes", hovertemplate="%{x}: %{y} target forward passes<extra></extra>"),
+                  row=3, col=1)
     if verdict["identical"] and partial:
         head = f"identical so far ({verdict['compared']} positions every method has produced)"
     elif verdict["identical"]:

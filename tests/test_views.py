@@ -185,8 +185,13 @@ def test_side_by_side_identical_verdict_and_divergence():
     # aligned by output position: one marker per token per method
     strips = [t for t in fig.data if t.type == "scatter" and t.name in ("spec", "ar", "other") and t.mode == "markers"]
     assert [len(t.x) for t in strips] == [8, 8, 8]
-    speed = next(t for t in fig.data if t.type == "bar")
-    assert list(speed.y) == pytest.approx([metrics.compute(s).tokens_per_s for s in (a, b, c)])
+    passes = next(t for t in fig.data if t.type == "bar")  # counted, not timed
+    assert list(passes.y) == [metrics.compute(s).target_forwards for s in (a, b, c)]
+    assert "tok/s (one wall-clock run)" in passes.text[0] and "curve predicts" not in passes.text[0]
+    from labkit import sizing
+    flat = sizing.LatencyCurve(tokens=(1, 81), seconds=(0.01, 0.01))
+    labelled = views.side_by_side({"spec": a, "ar": b}, curve=flat)
+    assert "curve predicts ×" in next(t for t in labelled.data if t.type == "bar").text[0]
     shorter = views.compare_outputs({"a": a, "b": a[:-1]})
     assert shorter["identical"] is False and shorter["first_divergence"]["b"] == 6
 

@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 
 from .frames import AttnRow, SparsityFrame, from_ranges, frames_of, residency
 
-KEPT_COLOR, EVICTED_COLOR, UNSEEN_COLOR = "#2ca02c", "#d62728", "#e8e8e8"
+KEPT_COLOR, EVICTED_COLOR, UNSEEN_COLOR = "#009E73", "#D55E00", "#e8e8e8"  # Okabe-Ito, as labkit.views
 RESIDENCY_SCALE = [[0.0, EVICTED_COLOR], [1.0, KEPT_COLOR]]
 ATTN_SCALE = "Viridis"
 
