@@ -303,6 +303,9 @@ def method_card(name: str) -> str:
     lines = [f"**{info['title']}** (`{name}`), {info['kind']}; {tag}.", "", f"Paper: {info['paper']}"]
     if info["kind"] == "speculative":
         lines += ["", f"Where it shines: _{info['example']}_"]
+    for p in info["params"]:
+        if p.get("model"):  # what the draft is and what it costs
+            lines += ["", f"`{p['name']}` (default `{p['default']}`): {p['help']}"]
     if not info["params"]:
         lines += ["", "No parameters."]
     return "\n".join(lines)

@@ -27,9 +27,12 @@ def param(default: Any, help: str = "", *, lo: float | None = None, hi: float | 
 
 
 def is_self_spec(value: str) -> bool:
-    """'self', 'self:N' or 'self:auto': the target itself or its first layers (nothing is loaded)."""
+    """'self', 'self:N', 'self:auto', 'self:skip' or 'self:skipK': the target itself or some of its layers
+    (nothing is loaded)."""
     v = str(value).strip()
-    return v == "self" or (v.startswith("self:") and (v[5:] == "auto" or v[5:].isdigit()))
+    arg = v[5:] if v.startswith("self:") else None
+    return v == "self" or (arg is not None and (arg in ("auto", "skip") or arg.isdigit()
+                                                  or (arg.startswith("skip") and arg[4:].isdigit())))
 
 
 def describe(cls: type) -> list[dict]:

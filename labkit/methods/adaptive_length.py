@@ -22,15 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..drafter import DrafterMethod
+from ..drafter import DrafterMethod, draft_param
 from ..engine import Proposal, Verified
 from ..params import param
 
 
 @dataclass
 class AdaptiveLengthParams:
-    draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), "
-                                    "'self' = the target itself, or a hub id / local path / embedded model name", model=True)
+    draft: str = draft_param()
     stop_below: float = param(0.4, "stop when the predicted chance that all drafted tokens survive falls below "
                                    "this (SpecDec++'s 1 - h)", lo=0.0, hi=1.0)
     max_len: int = param(10, "longest draft", lo=1, hi=32)

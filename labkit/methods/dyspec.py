@@ -24,15 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..drafter import DrafterMethod, draw_children
+from ..drafter import DrafterMethod, draft_param, draw_children
 from ..engine import Proposal
 from ..params import param
 
 
 @dataclass
 class DySpecParams:
-    draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), "
-                                    "'self' = the target itself, or a hub id / local path / embedded model name", model=True)
+    draft: str = draft_param()
     nodes: int = param(24, "node budget of the tree", lo=1, hi=128)
     per_forward: int = param(8, "candidates added between two draft forwards (1 = the paper's one-at-a-time)",
                              lo=1, hi=64)

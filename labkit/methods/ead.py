@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import sampling as S
-from ..drafter import TreeDrafter, resolve_draft
+from ..drafter import TreeDrafter, draft_param, resolve_draft
 from ..engine import Detokenizer, Method
 from ..params import param
 from ..trace import ACCEPTED, BONUS_ARGMAX, BONUS_SAMPLED, REJECTED, Step, Timing
@@ -31,8 +31,7 @@ from .strategies import candidate_nodes, inverse_cdf
 
 @dataclass
 class EADParams:
-    small: str = param("self:auto", "the small model: 'self:N' = the target's first N layers ('self:auto' = a "
-                                    "fifth), or a hub id / local path / embedded model name", model=True)
+    small: str = draft_param("the small model")
     threshold: float = param(2.0, "switch to the large model when the small model's rolling entropy (nats) "
                                   "exceeds this", lo=0.0, hi=20.0)
     window: int = param(4, "rolling-entropy window (tokens)", lo=1, hi=64)

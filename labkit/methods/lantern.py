@@ -24,15 +24,14 @@ import torch
 
 from .. import accept as A
 from .. import sampling as S
-from ..drafter import DrafterMethod
+from ..drafter import DrafterMethod, draft_param
 from ..engine import Proposal, Verified
 from ..params import param
 
 
 @dataclass
 class LanternParams:
-    draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), "
-                                    "'self' = the target itself, or a hub id / local path / embedded model name", model=True)
+    draft: str = draft_param()
     draft_len: int = param(4, "tokens drafted per round", lo=1, hi=32)
     k: int = param(8, "nearest neighbours (in embedding space) considered per token", lo=1, hi=64)
     delta: float = param(0.15, "most target mass a token may borrow from its neighbours (per-token TV budget)",

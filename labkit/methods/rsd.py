@@ -21,23 +21,19 @@ from dataclasses import dataclass
 
 import torch
 
-from ..drafter import DrafterMethod, draw_children
+from ..drafter import DrafterMethod, draft_param, draw_children
 from ..engine import Proposal
 from ..params import ParamError, param
 
-DRAFT_HELP = ("the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), 'self' = the target "
-              "itself, or a hub id / local path / embedded model name")
-
-
 @dataclass
 class RSDCParams:
-    draft: str = param("self:auto", DRAFT_HELP, model=True)
+    draft: str = draft_param()
     branching: str = param("3,2,2", "children per node at each depth, comma-separated (3,2,2 = 3 + 6 + 12 nodes)")
 
 
 @dataclass
 class RSDSParams:
-    draft: str = param("self:auto", DRAFT_HELP, model=True)
+    draft: str = draft_param()
     beam: int = param(4, "beam width: sequences kept per level", lo=1, hi=16)
     depth: int = param(4, "tree depth", lo=1, hi=16)
 

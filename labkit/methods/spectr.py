@@ -20,15 +20,14 @@ import torch
 
 from .. import accept as A
 from .. import sampling as S
-from ..drafter import DrafterMethod
+from ..drafter import DrafterMethod, draft_param
 from ..engine import Proposal
 from ..params import param
 
 
 @dataclass
 class SpecTrParams:
-    draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), "
-                                    "'self' = the target itself, or a hub id / local path / embedded model name", model=True)
+    draft: str = draft_param()
     k: int = param(3, "draft sequences per round", lo=1, hi=16)
     draft_len: int = param(4, "tokens per draft sequence", lo=1, hi=16)
 

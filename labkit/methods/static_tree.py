@@ -19,15 +19,14 @@ import torch
 
 from .. import templates
 from .. import tree as T
-from ..drafter import DrafterMethod, draw_children
+from ..drafter import DrafterMethod, draft_param, draw_children
 from ..engine import Proposal
 from ..params import param
 
 
 @dataclass
 class StaticTreeParams:
-    draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), "
-                                    "'self' = the target itself, or a hub id / local path / embedded model name", model=True)
+    draft: str = draft_param()
     template: str = param("mc_sim_7b_63", "the tree shape (labkit.templates)", choices=tuple(templates.TEMPLATES))
     nodes: int = param(24, "tree size: the template's first `nodes` entries (construction order)", lo=1, hi=80)
 

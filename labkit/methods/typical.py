@@ -22,14 +22,14 @@ from .. import accept as A
 from .. import sampling as S
 from .. import templates
 from ..engine import Proposal, Verified
+from ..drafter import draft_param
 from ..params import param
 from .static_tree import StaticTree
 
 
 @dataclass
 class TypicalParams:
-    draft: str = param("self:auto", "the draft LM: 'self:N' = the target's first N layers ('self:auto' = a fifth), "
-                                    "'self' = the target itself, or a hub id / local path / embedded model name", model=True)
+    draft: str = draft_param()
     template: str = param("mc_sim_7b_63", "the tree shape (labkit.templates)", choices=tuple(templates.TEMPLATES))
     nodes: int = param(24, "tree size: the template's first `nodes` entries", lo=1, hi=80)
     epsilon: float = param(0.09, "hard probability threshold (Medusa's posterior_threshold)", lo=0.0, hi=1.0)
