@@ -366,10 +366,14 @@ def token_stream_html(steps: Iterable[Any], *, autoregressive: bool = False) -> 
     spans = ST.spans(steps, autoregressive=autoregressive)
     out = ['<div class="labkit-stream" style="font-family:DejaVu Sans Mono,Menlo,Consolas,monospace;'
            'white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.7;font-size:14px">']
-    for sp in spans:
+    ended = bool(steps) and steps[-1].finished == "eos"
+    for j, sp in enumerate(spans):
         title = html.escape(f"{PROVENANCE_LABELS.get(sp.provenance, sp.provenance)} · step {sp.step} · "
                             f"{sp.text!r} (id {sp.token})", quote=True)
         text = html.escape(sp.text if sp.text != "" else "∅", quote=False)
+        if ended and j == len(spans) - 1:  # the end-of-sequence token: a marker, not its text (e.g. <|im_end|>)
+            title = html.escape(f"end of sequence: {sp.text!r} (id {sp.token})", quote=True)
+            text = "⏹ end"
         # accepted draft tokens are also underlined: provenance does not rest on hue alone
         cue = f"border-bottom:2px solid {STATUS_COLORS[ACCEPTED]};" if sp.provenance == ST.DRAFT else ""
         out.append(f'<span class="lk-{sp.provenance}" data-step="{sp.step}" title="{title}" style="background:'

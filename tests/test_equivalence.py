@@ -9,15 +9,15 @@ import random
 import pytest
 import torch
 
-from labkit import backends, engine, methods, sizing
+from labkit import backends, engine, methods
 from labkit.check import greedy_reference
 from labkit.engine import Method, Proposal
 from labkit.methods.draft_model import DraftModel, DraftModelParams
+from labkit.testing import flat_curve
 
 LOSSLESS = [n for n, c in methods.REGISTRY.items() if c.lossless]
 ARCHS = ["llama", "qwen2", "gemma3"]  # gemma3: sliding-window layers (window 12) that the trees cross
 N_NEW = 40
-FLAT_CURVE = sizing.LatencyCurve(tokens=(1, 81), seconds=(0.010, 0.0101))  # on it every draft pays
 PATHS = [b for b in backends.BACKENDS if b == "stock" or backends.fast_available("cpu", torch.float32) is None]
 
 
@@ -45,7 +45,7 @@ def test_greedy_equivalence(tiny, name, arch, backend):
     skip_unsupported(name, lm)
     m = methods.create(name, lm)
     if getattr(m, "sizer", None) is not None:  # decide on a flat curve: drafts must be verified (and accepted)
-        m.sizer.use_curve(FLAT_CURVE)
+        m.sizer.use_curve(flat_curve())
     accepted = 0
     for seed in range(3):  # state (e.g. a recycled matrix) carries over from prompt to prompt
         ids = prompt(seed)

@@ -51,7 +51,7 @@ def test_check_explains_a_divergence(smol, monkeypatch):
             out.path = [0]
         return out
 
-    tr = methods.create("token_recycling", smol)
+    tr = methods.create("token_recycling", smol, {"sizing": "off", "nodes": 16})  # drafts every round
     list(engine.decode(smol, tr, smol.encode(PROMPTS[0]), max_new_tokens=24))  # warm the matrix (correct rule)
     monkeypatch.setattr(A, "greedy_tree", buggy)
     res = check(smol, tr, [PROMPTS[2]], max_new_tokens=24)
