@@ -194,6 +194,16 @@ class FusedGroup:
         self._packed = self._bias = self._for = None
         self._last: tuple | None = None  # (input tensor, its version, output)
 
+    def pack(self) -> None:
+        """Pack the members' weights (and biases) as one; `apply` does it at load time."""
+        with torch.no_grad():
+            self._packed = _pack(torch.cat([m.weight.detach() for m in self.members]))
+            biases = [m.bias for m in self.members]
+            self._bias = None if all(b is None for b in biases) else torch.cat(
+                [b.detach() if b is not None else torch.zeros(m.out_features, dtype=m.weight.dtype)
+                 for b, m in zip(biases, self.members)])
+        self._for = self._key()
+
     def _key(self) -> tuple:
         return tuple((m.weight.data_ptr(), m.weight.dtype) for m in self.members)
 
@@ -202,14 +212,8 @@ class FusedGroup:
         version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
         if last is not None and last[0] is x and last[1] == version:
             return last[2]
-        if self._for != self._key():  # first use, a deep copy or new weights: pack the concatenation
-            weights = [m.weight.detach() for m in self.members]
-            self._packed = _pack(torch.cat(weights))
-            biases = [m.bias for m in self.members]
-            self._bias = None if all(b is None for b in biases) else torch.cat(
-                [b.detach() if b is not None else torch.zeros(m.out_features, dtype=x.dtype)
-                 for b, m in zip(biases, self.members)])
-            self._for = self._key()
+        if self._for != self._key():  # a deep copy or new weights: pack the concatenation again
+            self.pack()
         out = torch.ops.mkldnn._linear_pointwise(x, self._packed, self._bias, "none", [], "")
         self._last = (x, version, out)
         return out
@@ -271,11 +275,15 @@ def apply(model: torch.nn.Module, backend: str, *, log: Callable[[str], None] | 
         for lin in linears:
             lin.__class__ = PackedLinear
             lin.enabled = True
-        _fuse(model)  # grouped layers compute through their group's packed weight (packed on first use)
+        _fuse(model)  # grouped layers compute through their group's packed weight
         for lin in linears:
-            if lin._group is None and lin.weight.dtype in _PACKABLE and lin.weight.device.type == "cpu" \
-                    and lin._packed_for != (lin.weight.data_ptr(), lin.weight.dtype):
+            if lin.weight.dtype not in _PACKABLE or lin.weight.device.type != "cpu":
+                continue
+            group = lin._group
+            if group is None and lin._packed_for != (lin.weight.data_ptr(), lin.weight.dtype):
                 lin.repack()
+            elif group is not None and group.members[0] is lin and group._for != group._key():
+                group.pack()
     _switch_attention(model, True)
     model._labkit_backend = "fast"
     if log is not None:
