@@ -57,7 +57,8 @@ def fast_available(device: torch.device | str, dtype: torch.dtype) -> str | None
         return f"the fast path is a CPU path (this model is on {device.type})"
     if dtype not in _PACKABLE:
         return f"the fast path packs float32 or bfloat16 weights, not {str(dtype).replace('torch.', '')}"
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return "this torch build has no oneDNN (mkldnn) linear kernels"
     return None
 

@@ -56,7 +56,8 @@ def test_live_streams_and_matches_session(app, tiny):
     assert ups[-1].status.startswith("finished")
     assert len(v.runs) == 1 and v.selected in v.runs
     rec = v.runs[v.selected]
-    assert rec.config["method"] == "token_recycling" and len(rec.steps) == len(ref.steps)
+    # the record holds the whole run (its rounds may differ from ref's: sizing decides on measured times)
+    assert rec.config["method"] == "token_recycling" and [t for s in rec.steps for t in s.tokens] == ref.tokens
 
 
 def test_plot_updates_are_throttled(tiny):
