@@ -6,12 +6,13 @@ transformers' code. It is applied to the loaded model object, so the autoregress
 of losslessness on every path.
 
 - `stock`: the model as transformers loaded it.
-- `fast` (CPU, float32/bfloat16): two changes, both through public extension points.
-  1. Every `nn.Linear` runs through oneDNN over a weight packed ONCE into the kernel's blocked layout. Stock PyTorch on a CPU runs a one-row linear as a matrix-vector product but a
-  few-row one as a GEMM that re-packs the whole weight on every call: on a 2-core machine a verify pass
+- `fast` (CPU, float32/bfloat16): three changes, through public classes and extension points.
+  1. Every `nn.Linear` runs through oneDNN over a weight packed ONCE into the kernel's blocked layout. Stock
+  PyTorch on a CPU runs a one-row linear as a matrix-vector product but a few-row one as a GEMM that
+  re-packs the whole weight on every call: on a 2-core machine a verify pass
   over 4-24 tokens then costs about twice a one-token step, and the lesson "a draft verified in one pass
-  is nearly free" is false there. With the weight packed once, t(8) is about 1.2 x t(1) (measured: see
-  docs/benchmark.md), and the one-token step itself is faster too. The packed kernel is row-consistent:
+  is nearly free" is false there. With the weight packed once, t(8) is about 1.15 x t(1) (measured: see
+  docs/benchmark.md), and with two threads the one-token step itself is faster too. The packed kernel is row-consistent:
   a row's result does not depend on how many rows the pass has (stock MKL's does), so a tree verify
   computes exactly what one-token steps would in every linear layer.
   Sibling projections of the same input (q/k/v, gate/up) are packed together and computed in one GEMM
@@ -180,9 +181,9 @@ FUSE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 class FusedGroup:
     """Sibling `PackedLinear`s that read the same input (q/k/v; gate/up), packed as ONE weight: the first member
     called on an input computes every member's columns in one oneDNN GEMM, the others take their slice of it
-    (fewer, larger GEMMs: measured 28.9 -> 25.5 ms of linears per one-token step on SmolLM2, 35.3 -> 27.7 ms at
-    8 tokens, and bitwise the same outputs). The result is kept only while the next call passes the very same
-    input tensor, unmodified."""
+    (fewer, larger GEMMs: on SmolLM2, an 8-token verify pass 46.5-47.3 -> 44-45 ms and a 16-token one 58-59 ->
+    53-54 ms, one-token steps unchanged, A/B in one process; bitwise the same outputs). The result is kept only
+    while the next call passes the very same input tensor, unmodified."""
 
     def __init__(self, members: list[PackedLinear]):
         self.members = members
@@ -223,17 +224,14 @@ class FusedGroup:
         return {"members": self.members, "_packed": None, "_bias": None, "_for": None, "_last": None}
 
 
-def _fuse(model: torch.nn.Module) -> int:
-    """Group the sibling projections of every module (see FUSE_GROUPS); returns how many groups were made."""
-    made = 0
+def _fuse(model: torch.nn.Module) -> None:
+    """Group the sibling projections of every module (see FUSE_GROUPS)."""
     for module in model.modules():
         for names in FUSE_GROUPS:
             members = [getattr(module, n, None) for n in names]
             if all(isinstance(m, PackedLinear) and m._group is None for m in members) and \
                     len({(m.in_features, m.weight.dtype, m.weight.device) for m in members}) == 1:
                 FusedGroup(members)
-                made += 1
-    return made
 
 
 def current(model: torch.nn.Module) -> str:
@@ -252,7 +250,7 @@ def _linears(model: torch.nn.Module) -> Iterator[torch.nn.Linear]:
 def apply(model: torch.nn.Module, backend: str, *, log: Callable[[str], None] | None = None) -> str:
     """Switch `model` to `backend` ('stock' or 'fast', or 'auto') in place; returns the backend in use.
 
-    Switching to 'fast' packs every linear weight once (about a second for a 135M model; `log` gets one line
+    Switching to 'fast' packs every linear weight once (0.3 s for SmolLM2-135M here; `log` gets one line
     before and after); switching back to 'stock' keeps the packed weights, so switching again is free."""
     try:
         param = next(model.parameters())

@@ -241,8 +241,9 @@ def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, 
     cut = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
     tokens = tokens[:cut]
     n = len(tokens)
-    extra = {"new_tokens": n, "target_forwards": n, "draft_forwards": 0, "rounds": max(n - 1, 0),
-             "mean_accept_len": 1.0 if n > 1 else 0.0, "draft_acceptance_rate": 0.0, "per_depth": [],
+    pld = label == GENERATE_PLD  # its forwards and acceptance happen inside generate, unseen
+    extra = {"new_tokens": n, "target_forwards": None if pld else n, "draft_forwards": 0, "rounds": max(n - 1, 0),
+             "mean_accept_len": None if pld else (1.0 if n > 1 else 0.0), "draft_acceptance_rate": 0.0, "per_depth": [],
              "accept_hist": [max(n - 1, 0)], "wall": wall, "tokens_per_s": n / wall if wall else 0.0, "phase": {},
              "wall_outside": wall, "cpu_time": cpu, "load": _load(), "decode_tokens": None, "decode_wall": None,
              "ideal_decode_seconds": None, "nodes_per_round": 0.0, "sizing_nodes": {}, "prompt_tokens": len(ids),
@@ -352,6 +353,9 @@ def summarize(records: Sequence[dict], t_plain: float | None = None) -> dict:
         "sizing_mode": int(max(sizes, key=lambda k: sizes[k])) if sizes else None,
         "load": float(np.mean(loads)) if loads else None,
     }
+    if records and all(r["method"] == GENERATE_PLD for r in records):
+        # transformers' prompt lookup runs inside generate: its acceptance is not observable from outside
+        out["mean_accept_len"], out["per_depth"] = None, {}
     if t_plain and out["ideal_decode_tokens_per_s"] is not None:
         out["ideal_speedup"] = out["ideal_decode_tokens_per_s"] * t_plain
     return out
@@ -380,8 +384,6 @@ def table(records: Sequence[dict], t_plain: float | None = None) -> list[dict]:
             if not by[lab]:
                 continue
             s = summarize(by[lab], t_plain)
-            if lab == GENERATE_PLD:  # transformers' prompt lookup runs inside generate: its acceptance is not seen
-                s["mean_accept_len"], s["per_depth"] = None, {}
             row = {"method": lab, "category": cat, **s}
             mine = {r["question_id"] for r in by[lab]}
             row["speedup"] = _ratio(by[lab], by.get(BASELINE, []), mine & base_q, t_plain)

@@ -14,7 +14,7 @@ layers, `draft_model.truncated_copy`). It keeps its own KV cache for the committ
 are appended to the cache in the order they are fed; a node attends to the committed prefix and to its own
 ancestors only, at position `len(seq) - 1 + depth`. Sliding-window models get per-layer-type masks.
 
-Also here: `resolve_draft` (the `draft=` parameter: 'self:N', 'self', or a model name), `draw_children`
+Also here: `resolve_draft` (the `draft=` parameter: 'self:skip', 'self:N', 'self', or a model name), `draw_children`
 (a node's children: top-m when greedy, m draws without replacement otherwise) and `DrafterMethod`, the base
 class of the methods that draft with a `TreeDrafter`.
 """
@@ -27,7 +27,7 @@ import torch
 from . import sampling as S
 from .engine import Method
 from .models import LM, load, load_tokenizer
-from .params import ParamError, param
+from .params import ParamError, param, parse_self_spec
 
 
 DRAFT_HELP = ("'self:skip' (default) = the target without its middle tenth of layers (on SmolLM2: 27 of 30 layers; it "
@@ -50,33 +50,27 @@ def resolve_draft(lm: LM, spec: str) -> LM:
     itself, else a hub id / local path / embedded model name."""
     from .methods.draft_model import skip_copy, truncated_copy
 
-    if spec == "self":
-        draft = lm
-    elif spec.startswith("self:skip"):
-        arg = spec[len("self:skip"):]
-        if arg and not arg.isdigit():
-            raise ParamError(f"draft={spec!r}: expected self:skip or self:skipK with an integer K")
-        draft = skip_copy(lm, int(arg) if arg else None)
-    elif spec.startswith("self:"):
-        arg = spec.split(":", 1)[1]
-        try:
-            n = max(1, round(lm.config.num_hidden_layers / 5)) if arg == "auto" else int(arg)
-        except ValueError:
-            raise ParamError(f"draft={spec!r}: expected self:N with an integer N, self:auto, self:skip or "
-                             "self:skipK") from None
-        draft = truncated_copy(lm, n)
-    else:
+    own = parse_self_spec(spec)
+    if own is None:
         # the vocabulary first (seconds), the weights only if it matches (a conversion can take minutes)
-        if load_tokenizer(spec).get_vocab() != lm.tokenizer.get_vocab():
-            raise ParamError(f"draft model {spec!r} does not share the target's tokenizer")
-        draft = load(spec, dtype=lm.dtype, device=str(lm.device), backend=lm.backend)
-    return same_tokenizer(lm, draft, spec)
+        _check_vocab(lm, load_tokenizer(spec), spec)
+        return load(spec, dtype=lm.dtype, device=str(lm.device), backend=lm.backend)
+    if own[0] == "self":
+        return lm
+    if own[0] == "skip":
+        return skip_copy(lm, own[1])  # the target's own layers share its tokenizer
+    return truncated_copy(lm, own[1] if own[1] is not None else max(1, round(lm.config.num_hidden_layers / 5)))
+
+
+def _check_vocab(lm: LM, tokenizer, spec: str) -> None:
+    """Token ids must mean the same on both sides: the draft's vocabulary must equal the target's."""
+    if tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+        raise ParamError(f"draft model {spec!r} does not share the target's tokenizer")
 
 
 def same_tokenizer(lm: LM, draft: LM, spec: str) -> LM:
-    """`draft`, if it shares the target's vocabulary (token ids must mean the same on both sides)."""
-    if draft.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-        raise ParamError(f"draft model {spec!r} does not share the target's tokenizer")
+    """`draft`, if it shares the target's vocabulary."""
+    _check_vocab(lm, draft.tokenizer, spec)
     return draft
 
 

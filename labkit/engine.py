@@ -26,6 +26,7 @@ from . import accept as A
 from . import sampling as S
 from . import tree as T
 from .models import LM
+from .sizing import synchronize
 from .trace import BONUS_ARGMAX, BONUS_SAMPLED, Node, Step, Timing
 
 
@@ -305,7 +306,9 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     target = Target(lm)
     # phase times are read after the device's queued work is done (CUDA launches are asynchronous: without a
     # sync the verify pass's time would land in whichever phase next waits for its result); a no-op on CPU
-    sync = (lambda: torch.cuda.synchronize(target.device)) if target.device.type == "cuda" else (lambda: None)
+    def sync() -> None:
+        synchronize(target.device)
+
     detok = Detokenizer(lm, prompt[-4:])
     label = (lambda t: lm.token_texts([t])[0]) if detail else str
     method.target = target

@@ -26,13 +26,34 @@ def param(default: Any, help: str = "", *, lo: float | None = None, hi: float | 
                                                         "model": model})
 
 
-def is_self_spec(value: str) -> bool:
-    """'self', 'self:N', 'self:auto', 'self:skip' or 'self:skipK': the target itself or some of its layers
-    (nothing is loaded)."""
+def parse_self_spec(value: str) -> tuple[str, int | None] | None:
+    """The draft specs that name the target's own layers (nothing is loaded): 'self' -> ("self", None),
+    'self:N' -> ("first", N), 'self:auto' -> ("first", None), 'self:skip' / 'self:skipK' -> ("skip", None / K).
+    None for any other value (a model to load); ParamError for a 'self:' spec that is none of these."""
     v = str(value).strip()
-    arg = v[5:] if v.startswith("self:") else None
-    return v == "self" or (arg is not None and (arg in ("auto", "skip") or arg.isdigit()
-                                                  or (arg.startswith("skip") and arg[4:].isdigit())))
+    if v == "self":
+        return "self", None
+    if not v.startswith("self:"):
+        return None
+    arg = v[len("self:"):]
+    if arg == "auto":
+        return "first", None
+    if arg.isdigit():
+        return "first", int(arg)
+    if arg == "skip":
+        return "skip", None
+    if arg.startswith("skip") and arg[len("skip"):].isdigit():
+        return "skip", int(arg[len("skip"):])
+    raise ParamError(f"draft={v!r}: expected self, self:N with an integer N, self:auto, self:skip or "
+                     "self:skipK")
+
+
+def is_self_spec(value: str) -> bool:
+    """'self', 'self:N', 'self:auto', 'self:skip' or 'self:skipK' (see `parse_self_spec`)."""
+    try:
+        return parse_self_spec(value) is not None
+    except ParamError:
+        return False
 
 
 def describe(cls: type) -> list[dict]:
