@@ -950,9 +950,10 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
 
     def bar_label(k: str) -> str:
         bound = expected_speedup(runs[k], curve) if curve is not None else None
-        return (f"{mets[k].target_forwards} passes · {mets[k].mean_accept_len:.2f} tokens/pass"
-                + (f" · curve predicts ×{bound:.2f}" if bound is not None else "")
-                + f" · {mets[k].tokens_per_s:.1f} tok/s (one wall-clock run)")
+        # one short fact per line: a bar is narrow, and one long line would be shrunk until it is unreadable
+        return (f"{mets[k].target_forwards} passes<br>{mets[k].mean_accept_len:.2f} tokens/pass"
+                + (f"<br>curve predicts ×{bound:.2f}" if bound is not None else "")
+                + f"<br>{mets[k].tokens_per_s:.1f} tok/s (one wall-clock run)")
 
     fig.add_trace(go.Bar(x=labels, y=[mets[k].target_forwards for k in labels],
                          marker_color=[METHOD_COLORS[j % len(METHOD_COLORS)] for j in range(len(labels))],
