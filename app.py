@@ -292,8 +292,8 @@ def build(app: H.App) -> gr.Blocks:
             return visitor, "queued…"
 
         def request_stop(visitor):
-            if visitor.request_stop():
-                gr.Info("stopping after the current step…")
+            # said at once in the tab's status; the run itself ends after the round in progress
+            return "stopping… (after the round in progress)" if visitor.request_stop() else gr.skip()
 
         # -- Live
         def on_method(name, current):
@@ -327,7 +327,7 @@ def build(app: H.App) -> gr.Blocks:
         live_ev = run.click(arm, state, [state, status], queue=False, show_progress="hidden", api_visibility="private").then(
             live_fn, live_inputs, live_outputs, api_name="live", show_progress_on=[status], **heavy)
         live_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
-        stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
+        stop.click(request_stop, state, status, queue=False, show_progress="hidden", api_visibility="private")
 
         # -- Compare
         c_groups_with_params = {m: g for m, g in c_groups.items()}
@@ -363,7 +363,7 @@ def build(app: H.App) -> gr.Blocks:
             compare_fn, compare_inputs, [state, c_status, c_verdict, c_plot, *col_outputs], api_name="compare",
             show_progress_on=[c_status], **heavy)
         compare_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
-        c_stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
+        c_stop.click(request_stop, state, c_status, queue=False, show_progress="hidden", api_visibility="private")
 
         # -- Trace explorer
         trace_tab.select(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
@@ -393,7 +393,7 @@ def build(app: H.App) -> gr.Blocks:
             [state, s_status, s_metrics, s_stream, s_heat, s_timeline, s_fid], api_name="sparsity",
             show_progress_on=[s_status], **heavy)
         s_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
-        s_stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
+        s_stop.click(request_stop, state, s_status, queue=False, show_progress="hidden", api_visibility="private")
 
         # -- Bench
         def bench_fn(visitor, model, picked, cats, n, max_new, progress=gr.Progress()):
@@ -408,7 +408,7 @@ def build(app: H.App) -> gr.Blocks:
         b_run.click(arm, state, [state, b_status], queue=False, show_progress="hidden", api_visibility="private").then(
             bench_fn, [state, b_model, b_methods, b_cats, b_n, b_max_new],
             [state, b_status, b_table, b_speed, b_accept], api_name="bench", **heavy)
-        b_stop.click(request_stop, state, None, queue=False, show_progress="hidden", api_visibility="private")
+        b_stop.click(request_stop, state, b_status, queue=False, show_progress="hidden", api_visibility="private")
 
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
     return demo

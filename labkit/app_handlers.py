@@ -76,6 +76,8 @@ class AppConfig:
     default_new_tokens: int = 64
     concurrency: int = 2  # generations running at once (all tabs together); the rest wait in the queue
     max_queue: int = 32
+    text_interval: float = 0.15  # seconds between updates of a streaming text (a browser that falls behind
+    # the model would keep showing new rounds long after Stop)
     plot_interval: float = 0.3  # seconds between redraws of a streaming plot
     stats_interval: float = 1.0
     max_upload_mb: float = 20.0
@@ -619,14 +621,16 @@ class App:
         if stop.is_set():
             yield LiveUpdate(status="stopped before it started", done=True)
             return
-        tree_t, stats_t = Throttle(cfg.plot_interval), Throttle(cfg.stats_interval)
+        text_t, tree_t, stats_t = Throttle(cfg.text_interval), Throttle(cfg.plot_interval), Throttle(cfg.stats_interval)
         head = f"{req.method} on {req.model} ({session.lm.backend} path), {req.sampling.describe()}"
         error = ""
         try:
             for step in gen:
                 steps.append(step)
+                if not text_t.due():
+                    continue
                 u = LiveUpdate(html=stream_html(steps, req.method), text="".join(s.text for s in steps), metrics=metrics_md(steps),
-                               status=f"generating: {head} · step {step.index} · "
+                               status=f"{'stopping…' if stop.is_set() else 'generating:'} {head} · step {step.index} · "
                                       f"{sum(len(s.tokens) for s in steps)} tokens")
                 if step.kind == "decode" and tree_t.due():
                     u.tree = VIEWS.call("draft_tree", step)
@@ -704,10 +708,13 @@ class App:
         if stop.is_set():
             yield CompareUpdate(status="stopped before it started", done=True)
             return
-        plot_t = Throttle(cfg.plot_interval)
+        text_t, plot_t = Throttle(cfg.text_interval), Throttle(cfg.plot_interval)
         head = f"{len(lanes)} methods on {reqs[0].model} ({session.lm.backend} path), {reqs[0].sampling.describe()}"
+        cycle = 0
         while not all(l["done"] for l in lanes):
-            for lane in lanes:
+            # one round of each lane in turn, starting with a different lane every cycle: whatever slows the
+            # round right after an update (the server serialising it) falls on every lane alike
+            for lane in lanes[cycle % len(lanes):] + lanes[:cycle % len(lanes)]:
                 if lane["done"]:
                     continue
                 try:
@@ -718,7 +725,11 @@ class App:
                     if not isinstance(e, USER_ERRORS):
                         log.exception("compare: unexpected error in %s", lane["name"])
                     lane["error"], lane["done"] = _user_message(e), True
-            u = CompareUpdate(columns=self._columns(lanes), status=f"generating: {head}")
+            cycle += 1
+            if not text_t.due():
+                continue
+            u = CompareUpdate(columns=self._columns(lanes),
+                              status=f"{'stopping…' if stop.is_set() else 'generating:'} {head}")
             if plot_t.due():
                 u.plot = VIEWS.call("side_by_side", {l["name"]: l["steps"] for l in lanes}, partial=True)
             yield u
@@ -1034,7 +1045,7 @@ class App:
         if stop.is_set():
             yield SparsityUpdate(status="stopped before it started", done=True)
             return
-        heat_t, slow_t = Throttle(cfg.plot_interval), Throttle(cfg.stats_interval)
+        text_t, heat_t, slow_t = Throttle(cfg.text_interval), Throttle(cfg.plot_interval), Throttle(cfg.stats_interval)
         head = f"{run_cfg['sparsity']} · {req.method} on {req.model}"
         events, steps, frames = [], [], []
         error = ""
@@ -1045,8 +1056,10 @@ class App:
                     steps.append(e)
                     continue
                 frames.append(e)
+                if not text_t.due():
+                    continue
                 u = SparsityUpdate(html=stream_html(steps, req.method), metrics=sparsity_md(steps, frames),
-                                   status=f"generating: {head} · step {e.step}")
+                                   status=f"{'stopping…' if stop.is_set() else 'generating:'} {head} · step {e.step}")
                 if heat_t.due():
                     u.heatmap = VIEWS_SPARSITY.call("layer_map", e)
                 if slow_t.due():

@@ -26,7 +26,7 @@ import torch
 
 from . import sampling as S
 from .engine import Method
-from .models import LM, load, load_tokenizer
+from .models import LM, cache_kwargs, load, load_tokenizer
 from .params import ParamError, param, parse_self_spec
 
 
@@ -120,7 +120,7 @@ class TreeDrafter:
     def _forward(self, ids: list[int], positions: list[int], mask) -> torch.Tensor:
         dev = self.lm.device
         kwargs = dict(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
-                      past_key_values=self.cache, use_cache=True)
+                      **cache_kwargs(self.lm.model, self.cache), use_cache=True)
         if mask is not None:
             kwargs["attention_mask"] = mask
         out = self.lm.model(**kwargs)

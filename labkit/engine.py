@@ -25,7 +25,7 @@ import torch
 from . import accept as A
 from . import sampling as S
 from . import tree as T
-from .models import LM
+from .models import LM, cache_kwargs
 from .sizing import synchronize
 from .trace import BONUS_ARGMAX, BONUS_SAMPLED, Node, Step, Timing
 
@@ -157,7 +157,7 @@ class Target:
         kwargs: dict[str, Any] = dict(
             input_ids=torch.tensor([ids], device=dev),
             position_ids=torch.tensor([positions], device=dev),
-            past_key_values=self.cache, use_cache=True)
+            **cache_kwargs(self.lm.model, self.cache), use_cache=True)
         if mask is not None:
             kwargs["attention_mask"] = mask
         if keep and self._keep_arg:

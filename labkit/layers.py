@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .models import LM
+from .models import LM, cache_kwargs
 
 FULL = "full_attention"
 SLIDING = "sliding_attention"
@@ -133,7 +133,7 @@ class LayerStack:
             if (kind, have) not in masks:
                 masks[(kind, have)] = self._mask(have, start, q, self.window if kind == SLIDING else None)
             h = self.layers[i](h, attention_mask=masks[(kind, have)], position_embeddings=rope[kind],
-                               position_ids=pos, past_key_values=cache, use_cache=True)
+                               position_ids=pos, **cache_kwargs(self.layers[i], cache), use_cache=True)
         return h
 
     @torch.inference_mode()

@@ -7,7 +7,9 @@ the user cache dir, so later loads take about a second.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -19,6 +21,17 @@ from typing import Sequence
 import torch
 
 DEFAULT_MODEL = "smollm2-135m"
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(module: torch.nn.Module, cache) -> dict:
+    """The KV cache as the keyword `module.forward` takes it: `cache` in transformers >= 5.2x, which deprecates
+    `past_key_values` (a FutureWarning on every call), `past_key_values` before."""
+    return {_cache_name(type(module)): cache}
 
 
 class ModelLoadError(RuntimeError):

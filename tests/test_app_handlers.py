@@ -15,8 +15,9 @@ PROMPT = "w1 w2 w3 w1 w2 w3 w1"
 
 def make_app(lm, **kw):
     # plots redraw only on the first step and at the end (drawing every step is slow on a busy CPU)
+    # the text updates after every round (text_interval=0), so a test sees each round
     cfg = dict(models=("tiny-llama",), max_prompt_chars=200, max_new_tokens=64, plot_interval=1e9,
-               stats_interval=1e9)
+               stats_interval=1e9, text_interval=0.0)
     cfg.update(kw)
     return H.App(H.AppConfig(**cfg), H.ModelPool(("tiny-llama",), loader=lambda name: lm))
 
@@ -157,9 +158,24 @@ def test_stop(app):
         ups.append(u)
         if len(ups) == 4:
             assert v.request_stop() == 1
+            seen = u.text
     assert ups[-1].status.startswith("stopped")
-    assert len(ups[-1].text.split()) < 60
+    # within one round: at most the round in progress when Stop was pressed follows, and it says "stopping…"
+    assert all(u.status.startswith("stopping…") for u in ups[4:-1]) and len(ups) <= 6
+    assert ups[-1].text.startswith(seen) and len(ups[-1].text.split()) <= len(seen.split()) + 1
     assert not v._active  # the flag is released
+
+
+def test_stop_compare_within_one_cycle(app):
+    v = H.Visitor()
+    ups = []
+    for u in app.compare(v, "tiny-llama", ["prompt_lookup", "token_recycling"], PROMPT, 60, chat=False):
+        ups.append(u)
+        if len(ups) == 3:
+            v.request_stop()
+    assert ups[-1].status.startswith("stopped")
+    streaming = [u for u in ups if u.status.startswith(("generating", "stopping"))]
+    assert len(streaming) <= 4 and all(u.status.startswith("stopping…") for u in streaming[3:])
 
 
 def test_stop_pressed_while_queued(app):

@@ -23,6 +23,7 @@ import torch
 
 from ..drafter import _sliding_window, slot_mask
 from ..engine import Detokenizer, Method
+from ..models import cache_kwargs
 from ..params import param
 from ..trace import ACCEPTED, REJECTED, Node, Step, Timing
 
@@ -57,7 +58,7 @@ class ContrastiveSearch(Method):
     def _forward(self, cache, ids: list[int], positions: list[int], mask):
         dev = self.lm.device
         kw = dict(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
-                  past_key_values=cache, use_cache=True, output_hidden_states=True)
+                  **cache_kwargs(self.lm.model, cache), use_cache=True, output_hidden_states=True)
         if mask is not None:
             kw["attention_mask"] = mask
         out = self.lm.model(**kw)

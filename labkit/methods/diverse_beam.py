@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import Detokenizer, Method
+from ..models import cache_kwargs
 from ..params import ParamError, param
 from ..trace import ACCEPTED, REJECTED, Node, Step, Timing
 
@@ -60,7 +61,7 @@ def diverse_beam_search(model, prompt: list[int], *, beams: int, groups: int, di
     dev = next(model.parameters()).device
     cache = DynamicCache()
     t0 = time.perf_counter()
-    out = model(input_ids=torch.tensor([prompt], device=dev), past_key_values=cache, use_cache=True)
+    out = model(input_ids=torch.tensor([prompt], device=dev), **cache_kwargs(model, cache), use_cache=True)
     logp = torch.log_softmax(out.logits[0, -1].float(), -1)[None].repeat(beams, 1)
     cache.batch_repeat_interleave(beams)
     seconds = [time.perf_counter() - t0]
@@ -108,7 +109,7 @@ def diverse_beam_search(model, prompt: list[int], *, beams: int, groups: int, di
         cache.reorder_cache(torch.tensor(src, device=dev))
         scores = torch.tensor(new_scores, device=dev)
         pos = len(prompt) + t
-        out = model(input_ids=torch.tensor(toks, device=dev)[:, None], past_key_values=cache, use_cache=True,
+        out = model(input_ids=torch.tensor(toks, device=dev)[:, None], **cache_kwargs(model, cache), use_cache=True,
                     position_ids=torch.full((beams, 1), pos, device=dev))
         logp = torch.log_softmax(out.logits[:, -1].float(), -1)
         seconds.append(time.perf_counter() - t0)

@@ -20,7 +20,7 @@ from .. import backends
 from .. import sampling as S
 from ..drafter import draft_param, resolve_draft, same_tokenizer
 from ..engine import Method, Proposal
-from ..models import LM
+from ..models import LM, cache_kwargs
 from ..params import ParamError, param
 
 
@@ -105,7 +105,7 @@ class DraftModel(Method):
         dev = self.draft.device
         out = self.draft.model(input_ids=torch.tensor([ids], device=dev),
                                position_ids=torch.arange(start, start + len(ids), device=dev)[None],
-                               past_key_values=self.cache, use_cache=True)
+                               **cache_kwargs(self.draft.model, self.cache), use_cache=True)
         self.fed.extend(ids)
         return out.logits[0, -1]
 

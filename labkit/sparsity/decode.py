@@ -18,6 +18,7 @@ import torch
 
 from .. import engine
 from .. import sampling as S
+from ..models import cache_kwargs
 from . import policies
 from .instrument import LayerHeadSelection, capture
 from .frames import SparsityFrame
@@ -75,7 +76,7 @@ class DenseShadow:
         dev = self.lm.device
         pos = list(range(self.length, self.length + len(tokens)))
         out = self.lm.model(input_ids=torch.tensor([tokens], device=dev), position_ids=torch.tensor([pos], device=dev),
-                            past_key_values=self.cache, use_cache=True)
+                            **cache_kwargs(self.lm.model, self.cache), use_cache=True)
         self.length += len(tokens)
         return out.logits[0]
 

@@ -164,7 +164,7 @@ class Capture:
         return args, {**kwargs, KWARG: self}
 
     def _begin(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # the keyword transformers' version takes
         self.active = self.cache_filter is None or bool(self.cache_filter(cache))
         if not self.active:
             return None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...models import cache_kwargs
 from ...params import param
 from .base import Policy
 from .streaming import streaming_keep
@@ -87,7 +88,7 @@ def detect(lm, period: int = 64, repeats: int = 3, seed: int = 0) -> tuple[torch
     ids = block.repeat(repeats)[None].to(lm.device)
     probe = _Probe()
     with capture(lm, probe, record=None):
-        lm.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True)
+        lm.model(input_ids=ids, **cache_kwargs(lm.model, DynamicCache()), use_cache=True)
     induction, echo = head_scores(probe.attn, period)
     g = lm.config.num_attention_heads // lm.config.num_key_value_heads
     by_kv = lambda s: s.reshape(s.shape[0], -1, g).amax(-1)  # noqa: E731
