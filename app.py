@@ -10,6 +10,7 @@ This file is layout only; the logic (validation, per-visitor state, shared model
 from __future__ import annotations
 
 import argparse
+import html
 import math
 import os
 import sys
@@ -29,7 +30,22 @@ CSS = """
 #lk-live-stream, .lk-col-stream { min-height: 6em; max-height: 28em; overflow-y: auto; padding: 6px 8px;
   border: 1px solid var(--border-color-primary); border-radius: 6px; background: var(--background-fill-secondary); }
 .lk-status p { margin: 0; }
-#lk-trace-error p, #lk-live-status .lk-err { color: var(--error-text-color, #b91c1c); font-weight: 600; }
+#lk-trace-error p, .lk-status .lk-err { color: var(--error-text-color, #b91c1c); font-weight: 600; }
+.lk-status { min-height: 4.2em; }  /* room for Gradio's "queue: 2/3" badge and spinner, drawn over the status line */
+/* Dark theme (?__theme=dark): the figures are drawn once on the server in plotly_white, so the page recolours
+   what the template painted (backgrounds, default text, grid) and the near-black lines; the data colours
+   (Okabe-Ito, chosen to read on both) stay. */
+.dark .js-plotly-plot .main-svg { background: transparent !important; }
+.dark .js-plotly-plot rect.bg { fill: transparent !important; }
+.dark .js-plotly-plot text[style*="fill: rgb(42, 63, 95)"], .dark .js-plotly-plot text[style*="fill: rgb(68, 68, 68)"],
+.dark .js-plotly-plot text[style*="fill: rgb(17, 17, 17)"], .dark .js-plotly-plot text[style*="fill: rgb(34, 34, 34)"]
+  { fill: #e5e7eb !important; }
+.dark .js-plotly-plot .gridlayer path, .dark .js-plotly-plot .zerolinelayer path,
+.dark .js-plotly-plot .crisp[style*="stroke: rgb(235, 240, 248)"] { stroke: rgba(255, 255, 255, 0.14) !important; }
+.dark .js-plotly-plot path[style*="stroke: rgb(34, 34, 34)"], .dark .js-plotly-plot path[style*="stroke: rgb(17, 17, 17)"]
+  { stroke: #d1d5db !important; }
+.dark .js-plotly-plot path[style*="fill: rgb(34, 34, 34)"], .dark .js-plotly-plot path[style*="fill: rgb(17, 17, 17)"]
+  { fill: #d1d5db !important; }
 """
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
@@ -43,14 +59,60 @@ INTRO = ("# labkit: watch fast decoding happen\n"
          "the target picked itself after each verify pass, **grey** = plain one-token-per-forward decoding.")
 
 
+# ---- components whose values reach the handlers unchecked ----------------------------------------------------
+# Gradio checks a value against its component's range or choices before a handler runs and prints a traceback
+# for every refusal (an API caller's bad value fills the log), and the browser clamps a typed number into a
+# slider's range without a word. These template components (the stock ones in the browser) pass the value
+# through; the handlers (H.parse_*, the allow-list, the registry) refuse it in one line, in the tab's status.
+
+class Slider(gr.Slider):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Number(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Dropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Radio(gr.Radio):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class CheckboxGroup(gr.CheckboxGroup):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+def _max_new(value: int, hi: int, elem_id: str, lo: int = 1, label: str = "Max new tokens"):
+    """A number box, not a slider: a typed 0 or 100000 is refused in one line instead of clamped in silence."""
+    return Number(value=value, precision=0, label=f"{label} ({lo} to {hi})", elem_id=elem_id)
+
+
 def _v(x):
     """A handler field -> a component value (UNCHANGED leaves the component as it is)."""
     return gr.skip() if x is H.UNCHANGED else x
 
 
 def _status(u) -> str:
-    if u.error:
-        return f"⚠ **{u.error}**"
+    if u.error:  # red (.lk-err), in the tab's status line
+        return f'<span class="lk-err">⚠ {html.escape(u.error, quote=False)}</span>'
     return u.status
 
 
@@ -77,15 +139,15 @@ def _param_component(prefix: str, method: str, p: dict, defaults: dict | None = 
     default = (defaults or {}).get(method, {}).get(p["name"], p["default"])
     elem_id = f"lk-{prefix}-param-{method}-{p['name']}"  # ids are unique on the page: Live and Compare differ
     if p["choices"] is not None:
-        return gr.Dropdown(choices=list(p["choices"]), value=default, label=label, info=info, elem_id=elem_id)
+        return Dropdown(choices=list(p["choices"]), value=default, label=label, info=info, elem_id=elem_id)
     if p["type"] == "bool":
         return gr.Checkbox(value=bool(default), label=label, info=info, elem_id=elem_id)
     if p["type"] in ("int", "float"):
         if lo is not None and hi is not None and (p["type"] == "float" or hi - lo <= 4096):
             step = 1 if p["type"] == "int" else _float_step(lo, hi, default)
-            return gr.Slider(lo, hi, value=default, step=step, label=label, info=info, elem_id=elem_id)
+            return Slider(lo, hi, value=default, step=step, label=label, info=info, elem_id=elem_id)
         rng = f" (≥ {lo})" if lo is not None else (f" (≤ {hi})" if hi is not None else "")
-        return gr.Number(value=default, label=label + rng, info=info, precision=0 if p["type"] == "int" else None,
+        return Number(value=default, label=label + rng, info=info, precision=0 if p["type"] == "int" else None,
                          elem_id=elem_id)
     return gr.Textbox(value="" if default is None else str(default), label=label, info=info, elem_id=elem_id)
 
@@ -108,13 +170,13 @@ def _param_forms(prefix: str, layout, visible: set[str]):
 
 
 def _sampling_controls(prefix: str):
-    mode = gr.Radio(list(H.MODES), value="greedy", label="Decoding", elem_id=f"lk-{prefix}-mode",
+    mode = Radio(list(H.MODES), value="greedy", label="Decoding", elem_id=f"lk-{prefix}-mode",
                     info="greedy: outputs must be token-identical for lossless methods")
     with gr.Row(visible=False) as row:
-        temperature = gr.Slider(0.05, 2.0, value=0.8, step=0.05, label="temperature")
-        top_k = gr.Number(value=0, precision=0, label="top_k (0 = off)")
-        top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="top_p")
-    seed = gr.Number(value=0, precision=0, label="seed", visible=False)
+        temperature = Slider(0.05, 2.0, value=0.8, step=0.05, label="temperature")
+        top_k = Number(value=0, precision=0, label="top_k (0 = off)")
+        top_p = Slider(0.01, 1.0, value=1.0, step=0.01, label="top_p")
+    seed = Number(value=0, precision=0, label="seed", visible=False)
     chat = gr.Checkbox(value=True, label="chat template", info="wrap the prompt as a user turn when the model has one")
     mode.change(lambda m: (gr.update(visible=m == "sampling"), gr.update(visible=m == "sampling")), mode, [row, seed],
                 queue=False, show_progress="hidden", api_visibility="private")
@@ -148,14 +210,13 @@ def build(app: H.App) -> gr.Blocks:
                         with gr.Row():
                             run = gr.Button("Generate", variant="primary", elem_id="lk-live-run")
                             stop = gr.Button("Stop", variant="stop", elem_id="lk-live-stop")
-                        model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)",
+                        model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)",
                                             elem_id="lk-live-model")
-                        method = gr.Dropdown(labels, value=default_method, label="Method", elem_id="lk-live-method")
+                        method = Dropdown(labels, value=default_method, label="Method", elem_id="lk-live-method")
                         card = gr.Markdown(H.method_card(default_method), elem_id="lk-live-card")
                         with gr.Accordion("Method parameters", open=True):
                             live_params, live_groups = _param_forms("live", layout, {default_method})
-                        max_new = gr.Slider(1, cfg.max_new_tokens, value=cfg.default_new_tokens, step=1,
-                                            label="Max new tokens", elem_id="lk-live-max-new")
+                        max_new = _max_new(cfg.default_new_tokens, cfg.max_new_tokens, "lk-live-max-new")
                         mode, temperature, top_k, top_p, seed, chat = _sampling_controls("live")
                         gr.Examples(EXAMPLES, [prompt], label="Example prompts")
                     with gr.Column(scale=3, min_width=420):
@@ -177,15 +238,14 @@ def build(app: H.App) -> gr.Blocks:
                         with gr.Row():
                             c_run = gr.Button("Compare", variant="primary", elem_id="lk-compare-run")
                             c_stop = gr.Button("Stop", variant="stop", elem_id="lk-compare-stop")
-                        c_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        c_methods = gr.Dropdown(labels, value=compare_default, multiselect=True,
+                        c_model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
+                        c_methods = Dropdown(labels, value=compare_default, multiselect=True,
                                                 max_choices=H.MAX_COMPARE, elem_id="lk-compare-methods",
                                                 label=f"Methods (2 to {H.MAX_COMPARE}; the autoregressive baseline "
                                                       "always runs)")
                         with gr.Accordion("Parameters of the picked methods", open=False):
                             c_params, c_groups = _param_forms("compare", layout, set(compare_default))
-                        c_max_new = gr.Slider(1, cfg.max_new_tokens, value=min(48, cfg.max_new_tokens), step=1,
-                                              label="Max new tokens", elem_id="lk-compare-max-new")
+                        c_max_new = _max_new(min(48, cfg.max_new_tokens), cfg.max_new_tokens, "lk-compare-max-new")
                         c_mode, c_temp, c_topk, c_topp, c_seed, c_chat = _sampling_controls("compare")
                     with gr.Column(scale=3, min_width=420):
                         c_status = gr.Markdown("Pick methods and press Compare.", elem_id="lk-compare-status",
@@ -205,7 +265,7 @@ def build(app: H.App) -> gr.Blocks:
             with gr.Tab("Trace explorer", id="trace") as trace_tab:
                 with gr.Row():
                     with gr.Column(scale=3):
-                        x_runs = gr.Dropdown([], label="Run (this session's runs and uploads)", elem_id="lk-trace-run",
+                        x_runs = Dropdown([], label="Run (this session's runs and uploads)", elem_id="lk-trace-run",
                                              interactive=True)
                         x_msg = gr.Markdown("No runs yet: generate in Live or Compare, or upload a trace (.jsonl).",
                                             elem_id="lk-trace-msg")
@@ -215,7 +275,7 @@ def build(app: H.App) -> gr.Blocks:
                                            type="filepath", elem_id="lk-trace-upload", height=120)
                         x_download = gr.DownloadButton("Download this trace (.jsonl)", value=None,
                                                        elem_id="lk-trace-download")
-                x_step = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id="lk-trace-step")
+                x_step = Slider(0, 1, value=0, step=1, label="Step", elem_id="lk-trace-step")
                 x_summary = gr.Markdown(elem_id="lk-trace-summary")
                 x_tree = gr.Plot(label="Draft tree and decisions", elem_id="lk-trace-tree")
                 x_table = gr.Dataframe(headers=H.DECISION_HEADERS, label="Decisions (one row per draft node)",
@@ -239,15 +299,14 @@ def build(app: H.App) -> gr.Blocks:
                         with gr.Row():
                             s_run = gr.Button("Run", variant="primary", elem_id="lk-sparsity-run")
                             s_stop = gr.Button("Stop", variant="stop", elem_id="lk-sparsity-stop")
-                        s_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        s_policy = gr.Dropdown(policies, value=(policies[1] if len(policies) > 1 else policies[0])[1]
+                        s_model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
+                        s_policy = Dropdown(policies, value=(policies[1] if len(policies) > 1 else policies[0])[1]
                                                if policies else None, label="KV policy", elem_id="lk-sparsity-policy")
-                        s_budget = gr.Slider(4, 1024, value=48, step=4, label="KV budget (committed entries read)",
+                        s_budget = Slider(4, 1024, value=48, step=4, label="KV budget (committed entries read)",
                                              info="per layer or KV head, depending on the policy; dense ignores it",
                                              elem_id="lk-sparsity-budget")
-                        s_method = gr.Dropdown(engine_methods, value=H.BASELINE, label="Decoding method")
-                        s_max_new = gr.Slider(1, cfg.max_new_tokens, value=min(48, cfg.max_new_tokens), step=1,
-                                              label="Max new tokens", elem_id="lk-sparsity-max-new")
+                        s_method = Dropdown(engine_methods, value=H.BASELINE, label="Decoding method")
+                        s_max_new = _max_new(min(48, cfg.max_new_tokens), cfg.max_new_tokens, "lk-sparsity-max-new")
                         s_chat = gr.Checkbox(value=True, label="chat template")
                     with gr.Column(scale=3, min_width=420):
                         s_status = gr.Markdown(elem_id="lk-sparsity-status", elem_classes="lk-status")
@@ -263,15 +322,15 @@ def build(app: H.App) -> gr.Blocks:
             with gr.Tab("Bench", id="bench"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
-                        b_model = gr.Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        b_methods = gr.Dropdown([x for x in labels if x[1] != H.BASELINE], value=compare_default,
+                        b_model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
+                        b_methods = Dropdown([x for x in labels if x[1] != H.BASELINE], value=compare_default,
                                                 multiselect=True, elem_id="lk-bench-methods",
                                                 label="Methods (the autoregressive baseline always runs)")
-                        b_cats = gr.CheckboxGroup(list(CATEGORIES), value=["mt_bench", "summarization", "qa"],
+                        b_cats = CheckboxGroup(list(CATEGORIES), value=["mt_bench", "summarization", "qa"],
                                                   label="Spec-Bench categories")
-                        b_n = gr.Slider(1, cfg.bench_max_per_category, value=1, step=1, label="Questions per category")
-                        b_max_new = gr.Slider(8, cfg.bench_max_new_tokens, value=min(48, cfg.bench_max_new_tokens),
-                                              step=8, label="Max new tokens per answer", elem_id="lk-bench-max-new")
+                        b_n = Slider(1, cfg.bench_max_per_category, value=1, step=1, label="Questions per category")
+                        b_max_new = _max_new(min(48, cfg.bench_max_new_tokens), cfg.bench_max_new_tokens, "lk-bench-max-new", lo=8,
+                                             label="Max new tokens per answer")
                         with gr.Row():
                             b_run = gr.Button("Run benchmark", variant="primary", elem_id="lk-bench-run")
                             b_stop = gr.Button("Stop", variant="stop")
@@ -289,7 +348,7 @@ def build(app: H.App) -> gr.Blocks:
         def arm(visitor):
             """Runs before a job is queued: a fresh stop flag, and the previous run's message cleared at once."""
             visitor.arm()
-            return visitor, "queued…"
+            return visitor, "queued… (while others' runs go first, your place in the queue shows on the right)"
 
         def request_stop(visitor):
             # said at once in the tab's status; the run itself ends after the round in progress

@@ -245,6 +245,10 @@ def parse_int(name: str, value: Any, lo: int | None = None, hi: int | None = Non
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     v = int(f)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
+        if hi is None:
+            raise ValueError(f"{name}={v} is too small: it must be at least {lo}")
+        if lo is None:
+            raise ValueError(f"{name}={v} is too large: it must be at most {hi}")
         raise ValueError(f"{name}={v} is out of range [{lo}, {hi}]")
     return v
 
@@ -393,11 +397,11 @@ VIEWS = Views()
 VIEWS_SPARSITY = Views("labkit.sparsity.views")
 
 
-def stream_html(steps: list[Step], method: str | None = None) -> str:
+def stream_html(steps: list[Step], method: str | None = None, note: bool = True) -> str:
     """The coloured token stream (labkit.views.token_stream_html); plain escaped text until the views land.
     A baseline's tokens are the target's own, shown as autoregressive tokens."""
     baseline = method in methods.REGISTRY and methods.get(method).kind == "baseline"
-    out = VIEWS.call("token_stream_html", steps, autoregressive=baseline) \
+    out = VIEWS.call("token_stream_html", steps, autoregressive=baseline, note=note) \
         if VIEWS.available("token_stream_html") else None
     if isinstance(out, str):
         return out
@@ -446,6 +450,10 @@ class Throttle:
 
 
 # ---- updates the handlers yield ---------------------------------------------------------------------------
+
+# what a run that fails before its first step shows: its error alone, not beside the previous run's output
+CLEARED_LIVE = dict(html="", text="", tree=None, stats=None, metrics="")
+
 
 @dataclass
 class LiveUpdate:
@@ -616,7 +624,7 @@ class App:
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("live: unexpected error")
-            yield LiveUpdate(error=_user_message(e), status="", done=True)
+            yield LiveUpdate(error=_user_message(e), status="", done=True, **CLEARED_LIVE)  # not beside the last run
             return
         if stop.is_set():
             yield LiveUpdate(status="stopped before it started", done=True)
@@ -629,7 +637,7 @@ class App:
                 steps.append(step)
                 if not text_t.due():
                     continue
-                u = LiveUpdate(html=stream_html(steps, req.method), text="".join(s.text for s in steps), metrics=metrics_md(steps),
+                u = LiveUpdate(html=stream_html(steps, req.method), text=VIEWS.call("plain_text", steps), metrics=metrics_md(steps),
                                status=f"{'stopping…' if stop.is_set() else 'generating:'} {head} · step {step.index} · "
                                       f"{sum(len(s.tokens) for s in steps)} tokens")
                 if step.kind == "decode" and tree_t.due():
@@ -648,7 +656,7 @@ class App:
             key = None
         tree_step = VIEWS.call("showcase_step", steps) or (steps[-1] if steps else None)
         status = f"{_finish_reason(steps, stop.is_set())}: {head}" + (f" · saved as run “{key}”" if key else "")
-        yield LiveUpdate(html=stream_html(steps, req.method), text="".join(s.text for s in steps),
+        yield LiveUpdate(html=stream_html(steps, req.method), text=VIEWS.call("plain_text", steps),
                          tree=VIEWS.call("draft_tree", tree_step) if tree_step else None,
                          stats=VIEWS.call("acceptance_stats", steps) if steps else None,
                          metrics=metrics_md(steps), status=status, error=error, done=True)
@@ -703,7 +711,7 @@ class App:
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("compare: unexpected error")
-            yield CompareUpdate(error=_user_message(e), done=True)
+            yield CompareUpdate(error=_user_message(e), done=True, columns=[None] * COMPARE_COLUMNS, verdict="", plot=None)
             return
         if stop.is_set():
             yield CompareUpdate(status="stopped before it started", done=True)
@@ -760,7 +768,7 @@ class App:
             setting = lane["cfg"].get("method_description") or ""
             body = (f"_{setting}_\n\n" if setting and setting != info["title"] else "") + metrics_md(lane["steps"]) + \
                 (f"\n\n⚠ {lane['error']}" if lane["error"] else "")
-            cols.append(Column(title=title, html=stream_html(lane["steps"], lane["name"]), metrics=body))
+            cols.append(Column(title=title, html=stream_html(lane["steps"], lane["name"], note=False), metrics=body))
         return cols + [None] * (COMPARE_COLUMNS - len(cols))
 
     # -- Trace explorer ------------------------------------------------------------------------------------
@@ -938,7 +946,7 @@ class App:
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("bench: unexpected error")
-            yield BenchUpdate(error=_user_message(e), done=True)
+            yield BenchUpdate(error=_user_message(e), done=True, rows=[], speedup_plot=None, accept_plot=None)
             return
         total = len(questions) * len(order)
         collected: list = []  # bench records (bench.run_method) or, with an older bench module, bench.Result
@@ -1040,7 +1048,7 @@ class App:
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("sparsity: unexpected error")
-            yield SparsityUpdate(error=_user_message(e), done=True)
+            yield SparsityUpdate(error=_user_message(e), done=True, html="", metrics="", heatmap=None, timeline=None, fidelity=None)
             return
         if stop.is_set():
             yield SparsityUpdate(status="stopped before it started", done=True)
@@ -1237,7 +1245,7 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
         rows.append(f"| {lane['name']}{'' if lossless else ' (LOSSY)'} | {m.tokens_per_s:.1f} | "
                     f"{speed:.2f}× | {'-' if expected is None else f'{expected:.2f}×'} | {m.mean_accept_len:.2f} | "
                     f"{m.target_forwards} | {verdict} |")
-    out = "\n".join(rows)
+    out = "\n".join(rows) + f"\n\n_Accept len: {M.MAL_NOTE}._"
     if curve is not None:
         out += (f"\n\n_Execution path: {backends.describe(lm.backend)}. Expected = tokens per round x t(1 token) / "
                 f"t(the round's tree) from this machine's latency curve (t(8) = {curve.t(7) / curve.t(0):.2f} x "

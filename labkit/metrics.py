@@ -19,6 +19,11 @@ from typing import Iterable
 from .trace import ACCEPTED, REJECTED, Step
 
 
+# how mean acceptance length is counted, said wherever it is shown
+MAL_NOTE = ("mean acceptance length = tokens committed per target forward pass in the decode rounds, "
+            "bonus token included (autoregressive = 1.00)")
+
+
 @dataclass(frozen=True)
 class Metrics:
     new_tokens: int

@@ -49,8 +49,7 @@ PROVENANCE_LABELS = {ST.DRAFT: "accepted draft token", ST.BONUS: "bonus token (t
                      ST.AUTOREGRESSIVE: "autoregressive token", ST.PREFILL: "first token (prefill)"}
 METHOD_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")  # Okabe-Ito
 PHASES = ("draft", "verify", "accept", "commit")
-MAL_NOTE = ("mean acceptance length = tokens committed per target forward pass in the decode rounds, "
-            "bonus token included (autoregressive = 1.00)")
+MAL_NOTE = M.MAL_NOTE
 
 
 def show_token(text: str) -> str:
@@ -58,6 +57,10 @@ def show_token(text: str) -> str:
     if text == "":
         return "∅"
     return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+
+
+# the key to show_token's marks, for figures that print tokens (empty-looking labels are spaces and newlines)
+WHITESPACE_KEY = " · ␣ = a space, ↵ = a newline"
 
 
 def _esc(text: str) -> str:
@@ -232,7 +235,7 @@ def _tree_traces(step: Step, *, index_labels: bool = False) -> list[go.Scatter]:
         return go.Scatter(
             x=[pos[k][0] for k in keys], y=[pos[k][1] for k in keys], mode="markers+text",
             text=[label(k) for k in keys], textposition="top center" if on_top else "middle right",
-            textfont=dict(size=12),
+            textfont=dict(size=12), cliponaxis=False,  # a label near the edge is drawn whole, not cut
             marker=dict(color=STATUS_COLORS[kind], size=size, symbol=STATUS_SYMBOLS[kind],
                         line=dict(color=STATUS_COLORS[kind] if kind in (REJECTED, NOT_REACHED) else "white",
                                   width=2 if kind in (REJECTED, NOT_REACHED) else 1)),
@@ -276,10 +279,11 @@ def draft_tree(step: Step, *, title: str | None = None) -> go.Figure:
     depth = max(x for x, _ in pos.values())
     fig.update_layout(
         title=dict(text=title or _tree_title(step), font=dict(size=14)),
-        height=int(min(1400, 140 + 26 * rows)), template="plotly_white", hovermode="closest",
-        xaxis=dict(title="depth (0 = root)", tickmode="linear", dtick=1, range=[-0.3, depth + 0.9],
-                   showgrid=False, zeroline=False),
-        yaxis=dict(visible=False, range=[-rows + 0.4, 0.9]),
+        # a chain (one row) still gets room for its labels above the path and the legend above the title
+        height=int(min(1400, max(250, 150 + 28 * rows))), template="plotly_white", hovermode="closest",
+        xaxis=dict(title=f"depth (0 = root){WHITESPACE_KEY}", tickmode="linear", dtick=1,
+                   range=[-0.3, depth + 0.9], showgrid=False, zeroline=False),
+        yaxis=dict(visible=False, range=[-rows + 0.4, 1.0]),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
         margin=dict(l=20, r=20, t=80, b=40), meta={"step": step.index, "view": "draft_tree"})
     return fig
@@ -359,9 +363,21 @@ def token_stream(steps: Iterable[Any], *, autoregressive: bool = False, width_ch
     return fig
 
 
-def token_stream_html(steps: Iterable[Any], *, autoregressive: bool = False) -> str:
+def plain_text(steps: Iterable[Any]) -> str:
+    """The generated text without the end-of-sequence token's own text (e.g. `<|im_end|>`), as a reader wants it."""
+    steps = steps_of(steps)
+    text = "".join(s.text for s in steps)
+    spans = ST.spans(steps)
+    if steps and steps[-1].finished == "eos" and spans and spans[-1].text and text.endswith(spans[-1].text) \
+            and (len(steps[-1].tokens) == 1 or spans[-1].text != steps[-1].text):
+        text = text[: -len(spans[-1].text)]
+    return text
+
+
+def token_stream_html(steps: Iterable[Any], *, autoregressive: bool = False, note: bool = True) -> str:
     """The token stream as self-contained HTML: one <span> per token with a background colour by provenance
-    and a title attribute (the hover), a legend, and how mean acceptance length is counted."""
+    and a title attribute (the hover), a legend, and (`note`) how mean acceptance length is counted; streams
+    shown side by side leave the note to their page, which says it once."""
     steps = steps_of(steps)
     spans = ST.spans(steps, autoregressive=autoregressive)
     out = ['<div class="labkit-stream" style="font-family:DejaVu Sans Mono,Menlo,Consolas,monospace;'
@@ -373,7 +389,7 @@ def token_stream_html(steps: Iterable[Any], *, autoregressive: bool = False) -> 
         text = html.escape(sp.text if sp.text != "" else "∅", quote=False)
         if ended and j == len(spans) - 1:  # the end-of-sequence token: a marker, not its text (e.g. <|im_end|>)
             title = html.escape(f"end of sequence: {sp.text!r} (id {sp.token})", quote=True)
-            text = "⏹ end"
+            text = "[end]"
         # accepted draft tokens are also underlined: provenance does not rest on hue alone
         cue = f"border-bottom:2px solid {STATUS_COLORS[ACCEPTED]};" if sp.provenance == ST.DRAFT else ""
         out.append(f'<span class="lk-{sp.provenance}" data-step="{sp.step}" title="{title}" style="background:'
@@ -386,9 +402,10 @@ def token_stream_html(steps: Iterable[Any], *, autoregressive: bool = False) -> 
     legend = " ".join(f'<span style="background:{PROVENANCE_COLORS[p]};color:#111111;padding:0 4px;border-radius:2px;'
                       f'{"border-bottom:2px solid " + STATUS_COLORS[ACCEPTED] if p == ST.DRAFT else ""}">'
                       f'{html.escape(PROVENANCE_LABELS[p])}</span>' for p in present)
+    tail = (f'<br>{m.new_tokens} tokens, {m.target_forwards} target forwards; mean acceptance length '
+            f'<b>{m.mean_accept_len:.2f}</b>: {html.escape(MAL_NOTE)}') if note else ""
     out.append(f'<div class="labkit-legend" style="font-family:sans-serif;font-size:12px;opacity:0.8;'
-               f'margin-top:6px">{legend}<br>{m.new_tokens} tokens, {m.target_forwards} target forwards; '
-               f'mean acceptance length <b>{m.mean_accept_len:.2f}</b>: {html.escape(MAL_NOTE)}</div>')
+               f'margin-top:6px">{legend}{tail}</div>')
     return "".join(out)
 
 
@@ -510,7 +527,7 @@ def acceptance_stats(steps: Iterable[Any], *, window: int = 8) -> go.Figure:
     fig = make_subplots(rows=2, cols=2, vertical_spacing=0.2, horizontal_spacing=0.1,
                         subplot_titles=("acceptance per depth (rounds reaching depth d)",
                                         "accepted draft tokens per round",
-                                        f"tokens per target forward, each round (line: mean of last {window})",
+                                        f"tokens per forward (line: mean of {window})",
                                         "where the time went (s)"))
     fig.add_trace(go.Bar(x=[d for d, _, _ in m.per_depth], y=[r for _, r, _ in m.per_depth],
                          text=[f"{r:.0%} of {n}" for _, r, n in m.per_depth], textposition="outside",
@@ -543,6 +560,7 @@ def acceptance_stats(steps: Iterable[Any], *, window: int = 8) -> go.Figure:
     secs = [phase[k] for k in PHASES] + [other]
     fig.add_trace(go.Bar(x=names, y=secs, marker_color=["#fdae6b", "#6baed6", "#74c476", "#9e9ac8", "#cccccc"],
                          text=[f"{v / m.wall:.0%}" if m.wall > 0 else "" for v in secs], textposition="outside",
+                         cliponaxis=False,
                          hovertemplate="%{x}: %{y:.3f} s<extra></extra>", name="phases", showlegend=False),
                   row=2, col=2)
     fig.update_yaxes(range=[0, 1.15], tickformat=".0%", row=1, col=1)
@@ -551,7 +569,7 @@ def acceptance_stats(steps: Iterable[Any], *, window: int = 8) -> go.Figure:
     fig.update_yaxes(title_text="rounds", row=1, col=2)
     fig.update_xaxes(title_text="decode round", row=2, col=1)
     fig.update_yaxes(title_text="tokens / forward", rangemode="tozero", row=2, col=1)
-    fig.update_yaxes(rangemode="tozero", row=2, col=2)
+    fig.update_yaxes(range=[0, 1.2 * max(secs + [1e-9])], row=2, col=2)  # room for the share above the bar
     fig.update_layout(
         title=dict(text=(f"mean acceptance length {m.mean_accept_len:.2f} (bonus included) · draft acceptance "
                          f"{m.accepted}/{m.drafted} = {m.draft_acceptance_rate:.0%} · {m.new_tokens} tokens "

@@ -527,7 +527,7 @@ def test_sparsity_streams_frames_and_fidelity(app):
 @pytest.mark.parametrize("kw, msg", [
     (dict(policy="nope"), "unknown sparsity policy 'nope'"),
     (dict(policy=""), "pick a KV policy"),
-    (dict(budget=0), "out of range"),
+    (dict(budget=0), "must be at least 1"),
     (dict(budget="x"), "whole number"),
     (dict(policy="token_select", budget=16), "must be below the budget"),
     (dict(prompt=""), "the prompt is empty"),

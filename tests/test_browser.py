@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -176,9 +177,46 @@ def test_stop_works(page):
     page.click("#lk-live-run")
     _wait_text(page, "#lk-live-status", r"generating", timeout=60)
     page.click("#lk-live-stop")
+    _wait_text(page, "#lk-live-status", r"^(stopping|stopped)", timeout=2)  # said at once
     status = _wait_text(page, "#lk-live-status", r"stopped|finished", timeout=60)
     assert status.startswith("stopped"), status
     assert len(_text(page, "#lk-live-stream").split()) < 110
+
+
+def test_out_of_range_is_refused_in_one_line(page):
+    _tab(page, "Live")
+    _set_slider(page, "#lk-live-max-new", 0)  # a number box: the browser does not clamp it to 1
+    page.click("#lk-live-run")
+    status = _wait_text(page, "#lk-live-status", r"⚠", timeout=60)
+    assert "max new tokens=0 is out of range" in status and "\n" not in status.strip(), status
+    assert page.locator("#lk-live-status .lk-err").count() == 1  # red
+    _set_slider(page, "#lk-live-max-new", 32)
+
+
+def test_queue_position_is_shown(page, server):
+    from gradio_client import Client
+
+    # two long runs from other visitors fill the app's two generation slots
+    def other_visitor():
+        Client(server, verbose=False).predict(api_name="/live", method="autoregressive", max_new=96,
+                                              prompt="Write a long story about a lighthouse keeper.")
+
+    others = [threading.Thread(target=other_visitor, daemon=True) for _ in range(2)]
+    for t in others:
+        t.start()
+    time.sleep(5)
+    _tab(page, "Live")
+    page.click("#lk-live-run")
+    status = _wait_text(page, "#lk-live-status", r"queue: \d+/\d+", timeout=30)
+    box = page.locator("#lk-live-status").bounding_box()
+    badge = page.locator("#lk-live-status").get_by_text(re.compile(r"queue: \d+/\d+")).bounding_box()
+    assert badge and box and badge["y"] + badge["height"] <= box["y"] + box["height"] + 1, (badge, box)  # not clipped
+    page.screenshot(path=str(SHOTS / "02b_queued.png"), full_page=False)
+    page.click("#lk-live-stop")
+    status = _wait_text(page, "#lk-live-status", r"^stopped", timeout=240)
+    assert status.startswith("stopped before it started"), status
+    for t in others:
+        t.join(240)
 
 
 def test_compare_side_by_side(page):
@@ -189,6 +227,9 @@ def test_compare_side_by_side(page):
     _wait_text(page, "#lk-compare-status", r"^(done|stopped|⚠)", timeout=150)
     verdict = _text(page, "#lk-compare-verdict")
     assert verdict.count("identical") == 2 and "speedup" in verdict and "autoregressive" in verdict, verdict
+    assert "expected" in verdict and "Execution path" in verdict, verdict  # the curve's prediction beside it
+    plot = _text(page, "#lk-compare-plot")
+    assert "identical outputs" in plot and "outputs differ" not in plot, plot  # the final figure agrees
     for i in range(3):
         assert len(_text(page, f"#lk-compare-stream-{i}").strip()) > 10
         assert "tok/s" in _text(page, f"#lk-compare-metrics-{i}")

@@ -446,5 +446,5 @@ def test_token_stream_html_marks_the_end_of_sequence_token():
     steps = steps_run()
     ended = steps[:-1] + [dataclasses.replace(steps[-1], finished="eos", text="<|im_end|>")]
     out = views.token_stream_html(ended)
-    assert "⏹ end" in out and "end of sequence" in out and "&lt;|im_end|&gt;</span>" not in out
-    assert "⏹ end" not in views.token_stream_html(steps)  # a run cut by the token budget has no end marker
+    assert "[end]" in out and "end of sequence" in out and "&lt;|im_end|&gt;</span>" not in out
+    assert "[end]" not in views.token_stream_html(steps)  # a run cut by the token budget has no end marker
