@@ -225,6 +225,8 @@ def build(app: H.App) -> gr.Blocks:
                         live_metrics = gr.Markdown(elem_id="lk-live-metrics")
                         stream = gr.HTML(elem_id="lk-live-stream", label="Token stream")
                         tree = gr.Plot(label="Draft tree of the current step", elem_id="lk-live-tree")
+                        l_step = Slider(0, 1, value=0, step=1, visible=False, elem_id="lk-live-step",
+                                        label="Step (after the run: scrub through its rounds' trees)")
                         stats = gr.Plot(label="Acceptance", elem_id="lk-live-stats")
                         with gr.Accordion("Plain text", open=False):
                             text = gr.Textbox(show_label=False, lines=6, elem_id="lk-live-text")
@@ -338,11 +340,10 @@ def build(app: H.App) -> gr.Blocks:
                         b_status = gr.Markdown("Greedy, interleaved question by question; speedups are ratios "
                                                "measured in this run.", elem_classes="lk-status",
                                                elem_id="lk-bench-status")
-                        b_table = gr.Dataframe(headers=H.BENCH_HEADERS, label="Results", interactive=False,
+                        b_table = gr.Dataframe(headers=H.BENCH_HEADERS, label="Results", interactive=False, wrap=True,
+                                               column_widths=["15%", "21%", "11%", "9%", "9%", "10%", "11%", "14%"],
                                                elem_id="lk-bench-table")
-                        with gr.Row():
-                            b_speed = gr.Plot(label="Speedup per category")
-                            b_accept = gr.Plot(label="Mean acceptance length per category")
+                        b_plot = gr.Plot(label="Speedup and acceptance length per category", elem_id="lk-bench-plot")
 
         # ======================================================================== events
         def arm(visitor):
@@ -373,10 +374,12 @@ def build(app: H.App) -> gr.Blocks:
                               chat):
                 if u.error:
                     gr.Warning(u.error)
-                yield visitor, _status(u), _v(u.metrics), _v(u.html), _v(u.tree), _v(u.stats), _v(u.text)
+                scrub = (gr.update(visible=True, minimum=0, maximum=max(1, u.steps - 1), value=max(0, u.shown),
+                                   interactive=u.steps > 1) if u.done and u.steps else gr.update(visible=False))
+                yield visitor, _status(u), _v(u.metrics), _v(u.html), _v(u.tree), _v(u.stats), _v(u.text), scrub
 
         live_inputs = [state, model, method, prompt, max_new, mode, temperature, top_k, top_p, seed, chat, *live_params]
-        live_outputs = [state, status, live_metrics, stream, tree, stats, text]
+        live_outputs = [state, status, live_metrics, stream, tree, stats, text, l_step]
         explorer_outputs = [x_runs, x_step, x_msg, x_err, x_summary, x_tree, x_mask, x_table, x_state_plot, x_state,
                             x_download, x_sparse]
 
@@ -386,6 +389,8 @@ def build(app: H.App) -> gr.Blocks:
         live_ev = run.click(arm, state, [state, status], queue=False, show_progress="hidden", api_visibility="private").then(
             live_fn, live_inputs, live_outputs, api_name="live", show_progress_on=[status], **heavy)
         live_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)
+        l_step.input(app.live_step, [state, l_step], tree, api_visibility="private", trigger_mode="always_last",
+                     **light)
         stop.click(request_stop, state, status, queue=False, show_progress="hidden", api_visibility="private")
 
         # -- Compare
@@ -462,11 +467,11 @@ def build(app: H.App) -> gr.Blocks:
                     gr.Warning(u.error)
                 table = gr.skip() if u.rows is H.UNCHANGED else pd.DataFrame(H.bench_table(u.rows),
                                                                              columns=H.BENCH_HEADERS)
-                yield visitor, _status(u), table, _v(u.speedup_plot), _v(u.accept_plot)
+                yield visitor, _status(u), table, _v(u.plot)
 
         b_run.click(arm, state, [state, b_status], queue=False, show_progress="hidden", api_visibility="private").then(
             bench_fn, [state, b_model, b_methods, b_cats, b_n, b_max_new],
-            [state, b_status, b_table, b_speed, b_accept], api_name="bench", **heavy)
+            [state, b_status, b_table, b_plot], api_name="bench", **heavy)
         b_stop.click(request_stop, state, b_status, queue=False, show_progress="hidden", api_visibility="private")
 
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)

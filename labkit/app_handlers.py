@@ -184,6 +184,7 @@ class Visitor:
         self.sessions: dict[str, Session] = {}
         self.runs: dict[str, RunRecord] = {}
         self.selected: str | None = None
+        self.last_live: str | None = None  # the Live tab's latest run, which its step slider scrubs
         self.counter = 0
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # one generation at a time per visitor (method instances are not thread-safe)
@@ -465,6 +466,8 @@ class LiveUpdate:
     status: str = ""
     error: str = ""
     done: bool = False
+    steps: int = 0  # at the end: how many steps the run has (the step slider's range) ...
+    shown: int = -1  # ... and which one the tree shows
 
 
 @dataclass
@@ -515,8 +518,7 @@ class ExplorerUpdate:
 @dataclass
 class BenchUpdate:
     rows: Any = UNCHANGED  # list of dicts (bench.Table.rows() plus a category column)
-    speedup_plot: Any = UNCHANGED
-    accept_plot: Any = UNCHANGED
+    plot: Any = UNCHANGED  # views.bench_summary: speedup and acceptance length per category
     status: str = ""
     progress: float = 0.0
     error: str = ""
@@ -654,12 +656,25 @@ class App:
                                   note=_finish_reason(steps, stop.is_set()))
         else:
             key = None
+        visitor.last_live = key
         tree_step = VIEWS.call("showcase_step", steps) or (steps[-1] if steps else None)
         status = f"{_finish_reason(steps, stop.is_set())}: {head}" + (f" · saved as run “{key}”" if key else "")
         yield LiveUpdate(html=stream_html(steps, req.method), text=VIEWS.call("plain_text", steps),
                          tree=VIEWS.call("draft_tree", tree_step) if tree_step else None,
                          stats=VIEWS.call("acceptance_stats", steps) if steps else None,
-                         metrics=metrics_md(steps), status=status, error=error, done=True)
+                         metrics=metrics_md(steps), status=status, error=error, done=True, steps=len(steps),
+                         shown=steps.index(tree_step) if tree_step else -1)
+
+    def live_step(self, visitor: Visitor, index: Any):
+        """The draft tree of step `index` of the visitor's latest Live run (the slider under the tree)."""
+        rec = visitor.runs.get(visitor.last_live or "")
+        if rec is None or not rec.steps:
+            return None
+        try:
+            i = parse_int("step", index, 0, len(rec.steps) - 1)
+        except ValueError:
+            i = len(rec.steps) - 1
+        return VIEWS.call("draft_tree", rec.steps[i])
 
     # -- Compare -------------------------------------------------------------------------------------------
 
@@ -946,10 +961,10 @@ class App:
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("bench: unexpected error")
-            yield BenchUpdate(error=_user_message(e), done=True, rows=[], speedup_plot=None, accept_plot=None)
+            yield BenchUpdate(error=_user_message(e), done=True, rows=[], plot=None)
             return
         total = len(questions) * len(order)
-        collected: list = []  # bench records (bench.run_method) or, with an older bench module, bench.Result
+        collected: list = []  # bench records (bench.run_method)
         report = progress or (lambda frac, desc: None)
         report(0.0, "warming up")
         yield BenchUpdate(status=f"warming up {len(order)} methods…", progress=0.0)
@@ -962,7 +977,7 @@ class App:
                 for x in order:  # interleaved, so drift in machine speed hits every method alike
                     if stop.is_set():
                         raise _Stopped
-                    collected.append(_bench_one(B, lab, x, q, ids, max_new, model, stop))
+                    collected.append(_bench_one(B, lab, x, q, ids, max_new, model))
                     done += 1
                     desc = f"{done}/{total}: {x} on {q['bench_category']} #{q['question_id']}"
                     report(done / total, desc)
@@ -976,9 +991,9 @@ class App:
             return
         stopped = stop.is_set()
         rows = bench_rows(collected, order)
-        yield BenchUpdate(rows=rows, speedup_plot=bench_plot(rows, "speedup", "speedup vs autoregressive (×)"),
-                          accept_plot=bench_plot(rows, "mean_accept_len", "mean acceptance length (tokens/forward)"),
-                          status=("stopped" if stopped else "done") + f": {len(collected)} runs on {model}, "
+        plot = VIEWS.call("bench_summary", B.table(collected), clock="wall",
+                          title=f"{len(questions)} questions, {max_new} new tokens max, wall time") if collected else None
+        yield BenchUpdate(rows=rows, plot=plot, status=("stopped" if stopped else "done") + f": {len(collected)} runs on {model}, "
                                  f"greedy, {max_new} new tokens max", progress=1.0, done=True)
 
     # -- Sparsity ------------------------------------------------------------------------------------------
@@ -1260,15 +1275,12 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
 
 # ---- Bench tables and plots -------------------------------------------------------------------------------
 
-def _bench_one(B, lab: Session, name: str, q: dict, ids: list[int], max_new: int, model: str, stop):
-    """One question with one method, measured by labkit.bench (its records carry Spec-Bench's fields)."""
+def _bench_one(B, lab: Session, name: str, q: dict, ids: list[int], max_new: int, model: str):
+    """One question with one method, measured by labkit.bench's harness (its records carry Spec-Bench's fields)."""
     from .sampling import GREEDY
 
-    if hasattr(B, "run_method") and hasattr(B, "Spec"):
-        return B.run_method(lab.lm, lab.method(name), B.Spec.parse(name), q, ids, max_new_tokens=max_new,
-                            sampling=GREEDY, curve=None, model_id=model)
-    run = lab.run(name, ids, max_new_tokens=max_new, detail=False, should_stop=stop.is_set)  # older bench module
-    return B.Result(name, q["bench_category"], q["question_id"], run.tokens, run.metrics)
+    return B.run_method(lab.lm, lab.method(name), B.Spec.parse(name), q, ids, max_new_tokens=max_new,
+                        sampling=GREEDY, curve=None, model_id=model)
 
 
 def bench_rows(collected: list, order: Sequence[str]) -> list[dict]:
@@ -1277,21 +1289,13 @@ def bench_rows(collected: list, order: Sequence[str]) -> list[dict]:
     from . import bench as B
 
     out = []
-    if collected and isinstance(collected[0], dict):
-        for r in B.table(collected):
-            sp = r.get("speedup")
-            same, n = r.get("identical_vs_baseline", (0, 0))
-            out.append({"category": "all" if r["category"] == "overall" else r["category"], "method": r["method"],
-                        "questions": r["questions"], "tokens": r["new_tokens"], "tokens_per_s": r["tokens_per_s"],
-                        "speedup": sp["tokens_per_s"] if isinstance(sp, dict) else float("nan"),
-                        "mean_accept_len": r["mean_accept_len"], "identical": f"{same}/{n}"})
-    elif collected:
-        cats = [c for c in B.CATEGORIES if any(r.category == c for r in collected)]
-        for c in cats + ["all"]:
-            for row in B.Table([r for r in collected if c == "all" or r.category == c]).rows():
-                out.append({"category": c, "method": row["method"], "questions": row["questions"],
-                            "tokens": row["tokens"], "tokens_per_s": row["tokens_per_s"], "speedup": row["speedup"],
-                            "mean_accept_len": row["mean_accept_len"], "identical": row["identical"]})
+    for r in B.table(collected) if collected else []:
+        sp = r.get("speedup")
+        same, n = r.get("identical_vs_baseline", (0, 0))
+        out.append({"category": "all" if r["category"] == "overall" else r["category"], "method": r["method"],
+                    "questions": r["questions"], "tokens": r["new_tokens"], "tokens_per_s": r["tokens_per_s"],
+                    "speedup": sp["tokens_per_s"] if isinstance(sp, dict) else float("nan"),
+                    "mean_accept_len": r["mean_accept_len"], "identical": f"{same}/{n}"})
     rank = {m: i for i, m in enumerate(order)}
     cat = {c: i for i, c in enumerate(("all",) + tuple(B.CATEGORIES))}
     return sorted(out, key=lambda r: (cat.get(r["category"], len(cat)), rank.get(r["method"], len(rank))))
@@ -1307,22 +1311,6 @@ def bench_table(rows: list[dict]) -> list[list]:
                     f"{r['speedup']:.2f}×" if math.isfinite(r["speedup"]) else "-", f"{r['mean_accept_len']:.2f}",
                     r["identical"]])
     return out
-
-
-def bench_plot(rows: list[dict], key: str, title: str):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    cats = list(dict.fromkeys(r["category"] for r in rows))
-    for name in dict.fromkeys(r["method"] for r in rows):
-        ys = {r["category"]: r[key] for r in rows if r["method"] == name}
-        fig.add_trace(go.Bar(name=name, x=cats, y=[ys.get(c) for c in cats]))
-    fig.update_layout(barmode="group", title=title, height=320, margin=dict(l=40, r=10, t=40, b=40),
-                      template="plotly_white",
-                      legend=dict(orientation="h", y=-0.2))
-    if key == "speedup":
-        fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
-    return fig
 
 
 def collect_params(values: Sequence[Any], layout: Sequence[tuple[str, str]]) -> dict[str, dict]:

@@ -458,7 +458,7 @@ def tree_mask(step: Step) -> go.Figure:
                      autorange="reversed", tickfont=small, row=1, col=2)
     fig.update_layout(title=dict(text=f"Step {step.index}: one forward verifies {len(step.nodes)} drafted tokens "
                                       f"+ the root; position id = KV length {start} + depth", font=dict(size=14)),
-                      template="plotly_white", height=height + 120, width=1300, hovermode="closest",
+                      template="plotly_white", height=height + 120, hovermode="closest",  # width: the page's
                       legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0, font=dict(size=11)),
                       margin=dict(l=20, r=20, t=110, b=170),
                       meta={"view": "tree_mask", "step": step.index, "position_ids": pids, "kv_start": start})
@@ -672,7 +672,7 @@ def token_recycling_state(step: Step, token_text: Callable[[int], str] | None = 
                          f"(green accepted, red rejected, grey not reached, blue = the bonus); after verify "
                          f"{st.get('rows_updated', 0)} rows updated, {st.get('rows_changed', 0)} changed, "
                          f"{st.get('matrix_rows_known', 0)} rows known"), font=dict(size=12)),
-        template="plotly_white", height=int(min(1200, 140 + 28 * max(1, len(keys)))),
+        template="plotly_white", height=int(min(1200, max(240, 140 + 28 * len(keys)))),
         xaxis=dict(title="rank of the stored successor", dtick=1, side="top"),
         yaxis=dict(title="token (row of M)", autorange="reversed"),
         margin=dict(l=140, r=20, t=110, b=30),
@@ -1307,11 +1307,12 @@ def bench_summary(rows: Sequence[Mapping], *, clock: str = "cpu", title: str | N
     speed: dict[str, list] = {}
     mal: dict[str, list] = {}
     for j, m in enumerate(methods):
-        color = "#bbbbbb" if m == "generate" else METHOD_COLORS[j % len(METHOD_COLORS)]
+        # slot 0 is the baseline's (not drawn): a method keeps the colour its Compare lane has
+        color = "#bbbbbb" if m == "generate" else METHOD_COLORS[(j + 1) % len(METHOD_COLORS)]
         speed[m] = [get(m, c, "speedup") for c in cats]
         fig.add_trace(go.Bar(x=cats, y=speed[m], name=m, marker_color=color, legendgroup=m,
                              text=[None if v is None else f"{v:.2f}×" for v in speed[m]], textposition="outside",
-                             hovertemplate=f"{m} · %{{x}}: %{{y:.2f}}×<extra></extra>"), row=1, col=1)
+                             cliponaxis=False, hovertemplate=f"{m} · %{{x}}: %{{y:.2f}}×<extra></extra>"), row=1, col=1)
         if m != "generate":
             mal[m] = [get(m, c, "mal") for c in cats]
             fig.add_trace(go.Bar(x=cats, y=mal[m], name=m, marker_color=color, legendgroup=m, showlegend=False,

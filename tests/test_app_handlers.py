@@ -150,6 +150,15 @@ def test_unexpected_error_is_one_line_without_traceback(app, monkeypatch):
     assert ups[-1].error.startswith("internal error (RuntimeError: kaboom)") and "\n" not in ups[-1].error
 
 
+def test_live_step_scrubs_the_latest_live_run(app):
+    v = H.Visitor()
+    assert app.live_step(v, 0) is None  # no run yet
+    ups = live(app, v)
+    assert ups[-1].steps > 2 and 0 <= ups[-1].shown < ups[-1].steps
+    assert app.live_step(v, 1).layout.meta["step"] == 1
+    assert app.live_step(v, 10_000).layout.meta["step"] == ups[-1].steps - 1  # out of range: the last one
+
+
 def test_stop(app):
     v = H.Visitor()
     gen = app.live(v, "tiny-llama", "autoregressive", PROMPT, 60, chat=False)
@@ -472,7 +481,7 @@ def test_bench_small(app):
     assert {(r["category"], r["method"]) for r in rows} == {
         (c, m) for c in ("all", "qa", "rag") for m in ("autoregressive", "prompt_lookup")}
     assert all(r["identical"] == f"{r['questions']}/{r['questions']}" for r in rows)
-    assert ups[-1].speedup_plot is not None and ups[-1].accept_plot is not None
+    assert ups[-1].plot is not None and ups[-1].plot.layout.meta["view"] == "bench_summary"
     assert len(H.bench_table(rows)[0]) == len(H.BENCH_HEADERS)
 
 

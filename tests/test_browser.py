@@ -167,6 +167,8 @@ def test_live_streams_text_and_tree(page):
     if _views_installed():
         page.wait_for_selector("#lk-live-tree .js-plotly-plot", timeout=30_000)
         assert page.locator("#lk-live-tree .js-plotly-plot").count() == 1
+        _set_slider(page, "#lk-live-step", 1)  # scrub: the tree of round 1
+        _wait_text(page, "#lk-live-tree", r"Step 1\b", timeout=30)
     page.screenshot(path=str(SHOTS / "02_live.png"), full_page=True)
 
 
