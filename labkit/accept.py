@@ -208,7 +208,8 @@ def spectr_tree(parents: Sequence[int], tokens: Sequence[int], k: int, p: torch.
 
     At each depth, K-SEQ runs over the draws of the sequences that agree with every token accepted so far
     (conditionally i.i.d. from q(. | accepted prefix)). The accepted path is the node chain of the last sequence
-    that survived; where another sequence's identical draw was the one accepted, that node is marked not reached."""
+    that survived; where another sequence's identical draw was the one accepted, both nodes show as accepted
+    (the same token; that sequence's children were tested too), and the path goes through the last one."""
     n = len(tokens)
     decisions = [Decision() for _ in range(n)]
     alive = list(range(k))
@@ -236,10 +237,10 @@ def spectr_tree(parents: Sequence[int], tokens: Sequence[int], k: int, p: torch.
     last = chosen[-1] % k if chosen else 0
     path = [j * k + last for j in range(len(chosen))]
     for j, (c, node) in enumerate(zip(chosen, path)):
-        if c != node:  # the same token was accepted from another sequence: move the decision onto the path
+        if c != node:  # the same token was accepted from another sequence: the path carries its decision
             decisions[node] = decisions[c]
-            decisions[c] = Decision(NOT_REACHED, f"accepted, but the path continues through sequence {last} "
-                                                 f"(same token)")
+            decisions[c] = Decision(ACCEPTED, f"{decisions[c].reason}; the path continues through sequence "
+                                              f"{last} (same token)", decisions[c].accept_prob, decisions[c].draw)
     _mark_unreached(decisions, parents)
     return Outcome(path, bonus, how, decisions)
 

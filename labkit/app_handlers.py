@@ -499,8 +499,7 @@ class StepView:
     error: str = ""
 
 
-DECISION_HEADERS = ["node", "token", "parent", "depth", "status", "q (draft)", "p (target)", "min(1, p/q)", "u",
-                    "reason"]
+DECISION_HEADERS = list(VIEWS.module().DECISION_HEADERS)
 
 
 @dataclass
@@ -841,8 +840,7 @@ class App:
                      f"{s.target_forwards}, draft forwards {s.draft_forwards} · KV length {s.kv_len} · "
                      f"draft {t.draft * 1e3:.1f} ms, verify {t.verify * 1e3:.1f} ms, accept {t.accept * 1e3:.1f} ms, "
                      f"commit {t.commit * 1e3:.1f} ms" + (f" · finished: {s.finished}" if s.finished else ""))
-        rows = [[j, n.text, n.parent, n.depth, n.status, _num(n.draft_prob), _num(n.target_prob), _num(n.accept_prob),
-                 _num(n.draw), n.reason] for j, n in enumerate(s.nodes)]
+        rows = VIEWS.call("decisions", s) or []
         before, before_sp = len(VIEWS.errors), len(VIEWS_SPARSITY.errors)
         view = StepView(summary=summary, decisions=rows, state=s.state or {},
                         tree=VIEWS.call("draft_tree", s), mask=VIEWS.call("tree_mask", s) if s.kind == "decode" else None,
@@ -1162,10 +1160,6 @@ def sparsity_md(steps: list[Step], frames: list) -> str:
 
 def _slug(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:60].strip("_") or "run"
-
-
-def _num(x: float | None) -> str:
-    return "" if x is None else f"{x:.3g}"
 
 
 def parse_upload(text: str) -> tuple[TR.Trace, int]:

@@ -265,6 +265,19 @@ class LiveView:
         """The finished Run (None while running or before any run)."""
         return None if self.running else self._result
 
+    def snapshot(self) -> None:
+        """Show the view as it stands as static output: the coloured stream, the run's most informative tree and
+        the statistics, as plain figures. Widgets render blank in an exported or static copy of a notebook
+        (their script needs a live kernel); a `live.snapshot()` cell after the run keeps what it showed."""
+        from IPython.display import HTML, display
+
+        with self._lock:
+            steps = list(self.steps)
+        display(HTML(views.token_stream_html(steps, autoregressive=self.autoregressive)))
+        if steps:
+            display(views.draft_tree(views.showcase_step(steps) or steps[-1]))
+            display(views.acceptance_stats(steps))
+
     # ---- replay -------------------------------------------------------------------------------------
     @classmethod
     def replay(cls, trace: Any, *, show_state: bool = True) -> "LiveView":

@@ -57,7 +57,9 @@ def compute(steps: Iterable[Step]) -> Metrics:
     dec_tokens = sum(len(s.tokens) for s in decode)
     dec_forwards = sum(s.target_forwards for s in decode)
     drafted = sum(len(s.nodes) for s in decode)
-    accepted = sum(sum(1 for n in s.nodes if n.status == ACCEPTED) for s in decode)
+    # accepted draft tokens: the accepted path (SpecTr can show two accepted nodes holding one token); a
+    # strategy round has no path, its one chosen candidate is the accepted node
+    accepted = sum(len(s.accepted) or sum(1 for n in s.nodes if n.status == ACCEPTED) for s in decode)
     max_depth = max((n.depth for s in decode for n in s.nodes), default=0)
     hits = [0] * (max_depth + 1)
     tries = [0] * (max_depth + 1)

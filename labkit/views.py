@@ -261,11 +261,39 @@ def _tree_title(step: Step) -> str:
     return f"{head} = {len(step.tokens)} token(s) for one target forward"
 
 
-def showcase_step(steps: Sequence[Step]) -> Step | None:
+def showcase_step(steps: Sequence[Step], *, rejection: bool = False) -> Step | None:
     """The round whose tree shows the most: the most draft tokens accepted, then the bigger tree, then the later
-    round (None if no round drafted anything). The app ends a Live run on it and the explorer opens there."""
+    round (None if no round drafted anything). The app ends a Live run on it and the explorer opens there.
+    `rejection=True` prefers rounds where the target both accepted and rejected draft tokens (a figure that
+    teaches an acceptance rule needs both)."""
     drafted = [s for s in steps if s.nodes]
-    return max(drafted, key=lambda s: (s.n_accepted, len(s.nodes), s.index)) if drafted else None
+
+    def score(s: Step):
+        both = any(n.status == REJECTED for n in s.nodes) and s.n_accepted > 0
+        return (both if rejection else True, s.n_accepted, len(s.nodes), s.index)
+
+    return max(drafted, key=score) if drafted else None
+
+
+DECISION_HEADERS = ("node", "token", "parent", "depth", "status", "q (draft)", "p (target)", "min(1, p/q)", "u",
+                    "reason")
+
+
+def decisions(step: Step) -> list[list]:
+    """One row per draft node of a round (DECISION_HEADERS): the numbers behind the tree's colours, for a table
+    beside the figure (the app's explorer and the notebooks show them without hovering)."""
+    def num(x):
+        return "" if x is None else f"{x:.3g}"
+
+    return [[j, show_token(n.text or str(n.token)), n.parent, n.depth, n.status, num(n.draft_prob),
+             num(n.target_prob), num(n.accept_prob), num(n.draw), n.reason] for j, n in enumerate(step.nodes)]
+
+
+def decisions_table(step: Step):
+    """`decisions(step)` as a pandas DataFrame (a table in a notebook)."""
+    import pandas as pd
+
+    return pd.DataFrame(decisions(step), columns=list(DECISION_HEADERS)).set_index("node")
 
 
 def draft_tree(step: Step, *, title: str | None = None) -> go.Figure:

@@ -63,6 +63,9 @@ def test_notebook_executes(path, tmp_path):
                 os.environ[k] = v
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    warned = [o["text"] for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stderr"
+              and "Warning" in o.get("text", "")]
+    assert not warned, f"a warning box above a figure: {warned[0][:300]}"
     figures = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert figures, "no figure was rendered"
     for o in outputs:

@@ -98,3 +98,25 @@ def test_top_positions_mean_over_heads_one_head_and_top_k_rows():
         views.top_positions(f, 1)
     with pytest.raises(ValueError, match="head 5"):
         views.top_positions(f, 0, head=5)
+
+
+def test_layer_map_log_scale_shows_small_weights():
+    hm = views.layer_map(frame(), log=True).data[0]
+    assert close(hm.z[0], [math.log10(x) for x in (0.3, 0.1, 0.15, 0.225, 0.225)])
+    assert hm.z[1][1] == -5  # a zero weight sits at the floor, not at -inf
+    assert close(hm.customdata[0], [0.3, 0.1, 0.15, 0.225, 0.225])  # hover shows the weight itself
+
+
+def test_mass_by_region_splits_each_layer():
+    meta = views.mass_by_region(frame(), sinks=1, recent=2).layout.meta
+    assert meta["layers"] == [0, 2]
+    # layer 0 (mean of two heads) over positions 0..4: sink [0], middle [1, 2], recent [3, 4]
+    assert close([meta["sinks"][0], meta["middle"][0], meta["recent"][0]], [0.3, 0.25, 0.45])
+    assert all(math.isclose(s + m + r, 1.0, abs_tol=1e-9) or s + m + r < 1
+               for s, m, r in zip(meta["sinks"], meta["middle"], meta["recent"]))
+
+
+def test_recall_vs_kl_one_point_per_measured_step():
+    fig = views.recall_vs_kl({"a": [frame(step=1, kl=0.1), frame(step=2, kl=0.3)], "b": [frame(kl=None)]})
+    assert list(fig.data[0].x) == [0.9, 0.9] and list(fig.data[0].y) == [0.1, 0.3]
+    assert len(fig.data[1].x) == 0  # no KL measured: no point

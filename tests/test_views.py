@@ -448,3 +448,25 @@ def test_token_stream_html_marks_the_end_of_sequence_token():
     out = views.token_stream_html(ended)
     assert "[end]" in out and "end of sequence" in out and "&lt;|im_end|&gt;</span>" not in out
     assert "[end]" not in views.token_stream_html(steps)  # a run cut by the token budget has no end marker
+
+
+def test_plain_text_drops_the_end_token_only():
+    import dataclasses
+
+    ended = [mk(1, [], [], [7], text="Hello", bonus_text="Hello"),
+             mk(2, [], [], [2], text="<|im_end|>", bonus_text="<|im_end|>")]
+    ended[-1] = dataclasses.replace(ended[-1], finished="eos")
+    assert views.plain_text(ended) == "Hello"
+    cut = [ended[0], dataclasses.replace(ended[1], finished="length")]
+    assert views.plain_text(cut) == "Hello<|im_end|>"  # not an end token: kept
+
+
+def test_decisions_rows_and_showcase_for_a_rejection():
+    rows = views.decisions(STEP)
+    assert [r[0] for r in rows] == list(range(len(TREE))) and rows[2][4] == ACCEPTED
+    assert rows[2][5:9] == ["0.4", "0.5", "1", "0.3"]  # q, p, min(1, p/q), u as shown
+    assert list(views.decisions_table(STEP).columns) == list(views.DECISION_HEADERS[1:])
+    clean = mk(4, [node(1, -1, 1, ACCEPTED), node(2, 0, 2, ACCEPTED), node(3, 1, 3, ACCEPTED)], [0, 1, 2],
+               [1, 2, 3, 9])
+    assert views.showcase_step([STEP, clean]) is clean  # most accepted
+    assert views.showcase_step([STEP, clean], rejection=True) is STEP  # both accepted and rejected

@@ -84,9 +84,10 @@ def _width(frame: SparsityFrame, row: int) -> int:
 
 
 def layer_map(frame: SparsityFrame, *, what: str = "attention", head: int | None = None, row: int = -1,
-              max_positions: int = 512) -> go.Figure:
+              max_positions: int = 512, log: bool = False) -> go.Figure:
     """Layer x position heatmap for one frame: the attention of query row `row` (mean over the recorded heads,
-    or one head), or the share of heads that kept each position."""
+    or one head), or the share of heads that kept each position. `log=True` colours log10(attention): a linear
+    scale is all dark but for the largest weights, a log scale shows the sink and the long tail too."""
     r = _row_index(frame, row)
     width = _width(frame, r)
     z, ys, xs = [], [], []
@@ -100,13 +101,72 @@ def layer_map(frame: SparsityFrame, *, what: str = "attention", head: int | None
         z.append(vals)
         ys.append(lf.layer)
     who = "mean over heads" if head is None else f"head {head}"
-    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, colorscale=ATTN_SCALE if what == "attention" else RESIDENCY_SCALE,
-                               zmin=0, zmax=None if what == "attention" else 1,
-                               colorbar=dict(title="attention" if what == "attention" else "kept share"),
-                               hovertemplate="layer %{y}<br>position %{x}<br>%{z:.4f}<extra></extra>"))
+    if log and what == "attention":
+        floor = 1e-5  # below this a weight is not worth a colour
+        shown = [[math.log10(max(v, floor)) if not math.isnan(v) else v for v in row_] for row_ in z]
+        heat = go.Heatmap(z=shown, x=xs, y=ys, customdata=z, colorscale=ATTN_SCALE, zmin=math.log10(floor), zmax=0,
+                          colorbar=dict(title="attention", tickvals=[-5, -4, -3, -2, -1, 0],
+                                        ticktext=["≤1e-5", "1e-4", "0.001", "0.01", "0.1", "1"]),
+                          hovertemplate="layer %{y}<br>position %{x}<br>%{customdata:.5f}<extra></extra>")
+    else:
+        heat = go.Heatmap(z=z, x=xs, y=ys, colorscale=ATTN_SCALE if what == "attention" else RESIDENCY_SCALE,
+                          zmin=0, zmax=None if what == "attention" else 1,
+                          colorbar=dict(title="attention" if what == "attention" else "kept share"),
+                          hovertemplate="layer %{y}<br>position %{x}<br>%{z:.4f}<extra></extra>")
+    fig = go.Figure(heat)
     fig.update_layout(title=f"{frame.policy} · step {frame.step} · query at position {frame.queries[r]} · "
                             f"{what} ({who})", xaxis_title=_x_title(width, max_positions), yaxis_title="layer",
                       shapes=_context_edge(frame, len(xs), width, max_positions))
+    return fig
+
+
+def mass_by_region(frame: SparsityFrame, *, sinks: int = 4, recent: int = 32, row: int = -1) -> go.Figure:
+    """Per layer, where query row `row`'s attention mass went (mean over the recorded heads), in three stacked
+    bars: the first `sinks` positions (attention sinks), the last `recent` positions (the local window, the
+    round's own tokens included) and everything between (the middle: what a sinks + window cache drops)."""
+    r = _row_index(frame, row)
+    width = _width(frame, r)
+    layers, parts = [], {"sinks": [], "middle": [], "recent": []}
+    for lf in frame.layers:
+        if not lf.heads:
+            continue
+        vecs = [_head_values(frame, hf, "attention", r, width) for hf in lf.heads]
+        mean = [sum(col) / len(col) for col in zip(*vecs)]
+        lo, hi = min(sinks, width), max(min(sinks, width), width - recent)
+        layers.append(lf.layer)
+        parts["sinks"].append(sum(mean[:lo]))
+        parts["middle"].append(sum(mean[lo:hi]))
+        parts["recent"].append(sum(mean[hi:]))
+    fig = go.Figure()
+    for (name, ys), color in zip(parts.items(), ("#0072B2", "#E69F00", "#009E73")):
+        label = {"sinks": f"first {sinks} (sinks)", "middle": "middle", "recent": f"last {recent} (recent)"}[name]
+        fig.add_trace(go.Bar(x=layers, y=ys, name=label, marker_color=color,
+                             hovertemplate=f"layer %{{x}}: %{{y:.2f}} of the mass on the {name}<extra></extra>"))
+    fig.update_layout(barmode="stack", title=f"where attention mass goes, per layer · step {frame.step} · query at "
+                                             f"position {frame.queries[r]} of {width}",
+                      xaxis_title="layer", yaxis=dict(title="share of attention mass", range=[0, 1.02]),
+                      legend=dict(orientation="h", y=-0.2), template="plotly_white",
+                      meta={"view": "mass_by_region", "layers": layers, **parts})
+    return fig
+
+
+def recall_vs_kl(runs, *, title: str | None = None) -> go.Figure:
+    """One point per decode step of each run ({label: events}): attention-mass recall (x) against the next-token
+    KL(dense || policy) (y). Does keeping more of the attention mass keep the output distribution?"""
+    fig = go.Figure()
+    symbols = ("circle", "square", "diamond", "triangle-up", "x")
+    colors = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00")
+    for j, (label, events) in enumerate(runs.items()):
+        frames = [f for f in frames_of(events) if f.kind == "decode" and f.recall is not None and f.kl is not None]
+        fig.add_trace(go.Scatter(x=[f.recall for f in frames], y=[f.kl for f in frames], mode="markers", name=label,
+                                 marker=dict(symbol=symbols[j % len(symbols)], color=colors[j % len(colors)], size=8),
+                                 customdata=[f.step for f in frames],
+                                 hovertemplate=f"{label} · step %{{customdata}}<br>recall %{{x:.3f}}, KL %{{y:.4f}}"
+                                               f"<extra></extra>"))
+    fig.update_layout(title=title or "attention recall vs next-token KL, one point per decode step",
+                      xaxis_title="attention-mass recall (share of dense attention on kept entries)",
+                      yaxis_title="KL(dense ‖ policy), nats", template="plotly_white",
+                      legend=dict(orientation="h", y=-0.2), meta={"view": "recall_vs_kl"})
     return fig
 
 
