@@ -1,7 +1,7 @@
 # The two set-up commands of the README. Each installs what it needs first (idempotent, see scripts/install.sh).
 PYTHON ?= python3
 
-.PHONY: demo test install install-test bench app load-check
+.PHONY: demo test install install-test bench app load-check notebooks-html
 
 demo: install
 	$(PYTHON) -m labkit.cli demo
@@ -30,3 +30,7 @@ app: install
 # N simulated visitors at once through the Gradio client; all must get their own correct text
 load-check: install-test
 	$(PYTHON) scripts/load_check.py $(ARGS)
+
+# Static HTML copies of the executed notebooks in docs/notebooks/ (plotly.js beside them, nothing from a CDN)
+notebooks-html: install-test
+	$(PYTHON) scripts/render_notebooks.py

@@ -422,6 +422,26 @@ def metrics_md(steps: list[Step]) -> str:
             f"draft tokens accepted {acc}")
 
 
+def speed_md(steps: list[Step], lm: LM) -> str:
+    """The run against plain decoding on this machine: what the latency curve predicts for its rounds, and what
+    its decode rounds measured (their tokens/s times the curve's one-token step). "" when no curve is at hand."""
+    from . import sizing
+
+    try:
+        curve = sizing.latency_curve(lm)  # cached per model, device, dtype and backend (measured once otherwise)
+    except Exception:  # noqa: BLE001  (an optional figure: a failure leaves it out, with the traceback in the log)
+        log.exception("latency curve")
+        return ""
+    expected = sizing.expected_speedup(steps, curve)
+    decode = [s for s in steps if s.kind == "decode"]
+    seconds = sum(s.timing.total for s in decode)
+    if expected is None or seconds <= 0:
+        return ""
+    measured = sum(len(s.tokens) for s in decode) / seconds * curve.t(0)
+    return (f"\n\nvs plain decoding on this machine: expected **×{expected:.2f}** (its latency curve), measured "
+            f"**×{measured:.2f}** (the decode rounds' tokens/s × the curve's one-token step, {curve.t(0) * 1e3:.0f} ms)")
+
+
 def _finish_reason(steps: list[Step], stopped: bool) -> str:
     last = steps[-1].finished if steps else ""
     if last == "eos":
@@ -661,7 +681,8 @@ class App:
         yield LiveUpdate(html=stream_html(steps, req.method), text=VIEWS.call("plain_text", steps),
                          tree=VIEWS.call("draft_tree", tree_step) if tree_step else None,
                          stats=VIEWS.call("acceptance_stats", steps) if steps else None,
-                         metrics=metrics_md(steps), status=status, error=error, done=True, steps=len(steps),
+                         metrics=metrics_md(steps) + (speed_md(steps, session.lm) if steps else ""), status=status,
+                         error=error, done=True, steps=len(steps),
                          shown=steps.index(tree_step) if tree_step else -1)
 
     def live_step(self, visitor: Visitor, index: Any):

@@ -57,3 +57,35 @@ def verify_by_hand(lm: LM, prompt_ids: list[int], steps: list[Step], step: Step)
                      "recorded status": "root" if j == 0 else step.nodes[j - 1].status})
     return pd.DataFrame(rows).set_index("verify position")
 
+
+
+def layer_predictions(lm: LM, ids: list[int], last: int = 8) -> dict:
+    """What the model would predict if it stopped after each layer (the "logit lens": the final norm and LM head
+    applied to every layer's hidden state, as an early exit does), for the last `last` positions of `ids`.
+    Returns {"layers": [1..L], "inputs": token texts, "top": [layer][position] top-1 texts, "prob_final":
+    [layer][position] the probability each layer gives the full model's own choice, "final": its choices,
+    "settles": per position the first layer from which every later layer agrees with the full model}."""
+    from .layers import LayerStack
+
+    stack = LayerStack(lm)
+    with torch.inference_mode():
+        out = lm.model(input_ids=torch.tensor([ids], device=lm.device), output_hidden_states=True)
+        hidden = out.hidden_states[1:]  # after each decoder layer (index 0 is the embedding)
+        final = out.logits[0, -last:].argmax(-1)
+        top, prob = [], []
+        for i, h in enumerate(hidden):
+            # the last hidden state already went through the final norm inside the model
+            logits = out.logits[0, -last:] if i == len(hidden) - 1 else stack.logits(h[0, -last:])
+            p = torch.softmax(logits.float(), -1)
+            top.append(lm.token_texts(p.argmax(-1).tolist()))
+            prob.append(p.gather(-1, final[:, None])[:, 0].tolist())
+    final_texts = lm.token_texts(final.tolist())
+    # per position, the first layer from which every later layer's top-1 is the full model's choice
+    settles = []
+    for j, want in enumerate(final_texts):
+        layer = len(hidden)
+        while layer > 1 and top[layer - 2][j] == want:
+            layer -= 1
+        settles.append(layer)
+    return {"layers": list(range(1, len(hidden) + 1)), "inputs": lm.token_texts(ids[-last:]), "top": top,
+            "prob_final": prob, "final": final_texts, "settles": settles}

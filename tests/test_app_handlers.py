@@ -584,3 +584,9 @@ def test_pool_never_trusts_remote_code(monkeypatch):
     pool.get("m")
     pool.get("m")
     assert seen["trust_remote_code"] is False and pool.loads == 1
+
+
+def test_live_ends_with_expected_and_measured_speedup(app):
+    ups = live(app, H.Visitor())
+    assert "expected **×" in ups[-1].metrics and "measured **×" in ups[-1].metrics
+    assert all("expected **×" not in u.metrics for u in ups[:-1] if isinstance(u.metrics, str))  # at the end only

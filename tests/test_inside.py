@@ -32,3 +32,19 @@ def test_verify_by_hand_refuses_a_prefill_step(tiny):
     run = lab.run("prompt_lookup", "w1 w2 w3", max_new_tokens=4, chat=False)
     with pytest.raises(ValueError, match="prefill"):
         verify_by_hand(lab.lm, run.config["prompt_ids"], run.steps, run.steps[0])
+
+
+def test_layer_predictions_last_layer_is_the_model(tiny):
+    from labkit import views
+    from labkit.inside import layer_predictions
+
+    lm = tiny("llama")
+    ids = lm.tokenizer("w1 w2 w3 w1 w2", add_special_tokens=False)["input_ids"]
+    pred = layer_predictions(lm, ids, last=3)
+    n_layers = lm.config.num_hidden_layers
+    assert pred["layers"] == list(range(1, n_layers + 1)) and len(pred["inputs"]) == 3
+    assert pred["top"][-1] == pred["final"]  # the last layer is the model itself
+    assert all(p == pytest.approx(max(p, 0)) for p in pred["prob_final"][-1])
+    assert all(1 <= s <= n_layers for s in pred["settles"])
+    fig = views.prediction_strip(pred)
+    assert fig.layout.meta["view"] == "prediction_strip" and len(fig.data[0].z) == n_layers

@@ -123,7 +123,8 @@ def layer_map(frame: SparsityFrame, *, what: str = "attention", head: int | None
 def mass_by_region(frame: SparsityFrame, *, sinks: int = 4, recent: int = 32, row: int = -1) -> go.Figure:
     """Per layer, where query row `row`'s attention mass went (mean over the recorded heads), in three stacked
     bars: the first `sinks` positions (attention sinks), the last `recent` positions (the local window, the
-    round's own tokens included) and everything between (the middle: what a sinks + window cache drops)."""
+    round's own tokens included) and everything between (the middle: what a sinks + window cache drops). A frame
+    that stored only a row's largest weights leaves the rest of its mass unplaced: a grey fourth segment."""
     r = _row_index(frame, row)
     width = _width(frame, r)
     layers, parts = [], {"sinks": [], "middle": [], "recent": []}
@@ -137,9 +138,11 @@ def mass_by_region(frame: SparsityFrame, *, sinks: int = 4, recent: int = 32, ro
         parts["sinks"].append(sum(mean[:lo]))
         parts["middle"].append(sum(mean[lo:hi]))
         parts["recent"].append(sum(mean[hi:]))
+    parts["unplaced"] = [max(0.0, 1.0 - a - b - c) for a, b, c in zip(parts["sinks"], parts["middle"], parts["recent"])]
     fig = go.Figure()
-    for (name, ys), color in zip(parts.items(), ("#0072B2", "#E69F00", "#009E73")):
-        label = {"sinks": f"first {sinks} (sinks)", "middle": "middle", "recent": f"last {recent} (recent)"}[name]
+    for (name, ys), color in zip(parts.items(), ("#0072B2", "#E69F00", "#009E73", "#d9d9d9")):
+        label = {"sinks": f"first {sinks} (sinks)", "middle": "middle", "recent": f"last {recent} (recent)",
+                 "unplaced": "not stored (below the frame's top-k weights)"}[name]
         fig.add_trace(go.Bar(x=layers, y=ys, name=label, marker_color=color,
                              hovertemplate=f"layer %{{x}}: %{{y:.2f}} of the mass on the {name}<extra></extra>"))
     fig.update_layout(barmode="stack", title=f"where attention mass goes, per layer · step {frame.step} · query at "
