@@ -208,8 +208,8 @@ def spectr_tree(parents: Sequence[int], tokens: Sequence[int], k: int, p: torch.
 
     At each depth, K-SEQ runs over the draws of the sequences that agree with every token accepted so far
     (conditionally i.i.d. from q(. | accepted prefix)). The accepted path is the node chain of the last sequence
-    that survived; where another sequence's identical draw was the one accepted, both nodes show as accepted
-    (the same token; that sequence's children were tested too), and the path goes through the last one."""
+    that survived. Every draw holding an accepted token on a sequence still in the game shows as accepted (the
+    same token: that sequence's children can be tested too), and the path goes through the last sequence."""
     n = len(tokens)
     decisions = [Decision() for _ in range(n)]
     alive = list(range(k))
@@ -241,6 +241,16 @@ def spectr_tree(parents: Sequence[int], tokens: Sequence[int], k: int, p: torch.
             decisions[node] = decisions[c]
             decisions[c] = Decision(ACCEPTED, f"{decisions[c].reason}; the path continues through sequence "
                                               f"{last} (same token)", decisions[c].accept_prob, decisions[c].draw)
+    # an untested draw holding the accepted token keeps its sequence in the game (its children may be tested):
+    # it shows as accepted, not as "not reached"
+    for s in range(k):
+        for j, c in enumerate(chosen):
+            i = j * k + s
+            if i >= n or tokens[i] != tokens[c]:
+                break
+            if decisions[i].status == NOT_REACHED:
+                decisions[i] = Decision(ACCEPTED, f"not tested itself: the same token as the accepted draw (node {c}), "
+                                                  f"so sequence {s} stays in the game")
     _mark_unreached(decisions, parents)
     return Outcome(path, bonus, how, decisions)
 

@@ -113,6 +113,10 @@ def test_spectr_tree_two_levels_and_cut_level():
         q_rows = torch.stack([q0, q0, q0] + [q1[t] for t in x1[:2]])
         out = A.spectr_tree(parents, tokens, k, p_rows, q_rows, g)
         assert all(parents[b] == a for a, b in zip(out.path, out.path[1:]))  # a chain in the tree
+        # what the figure shows is what happened: no untested ("not reached") node has a tested child
+        for i, d in enumerate(out.decisions):
+            if d.status != A.NOT_REACHED and parents[i] >= 0:
+                assert out.decisions[parents[i]].status != A.NOT_REACHED, (tokens, out.decisions)
         t1 = tokens[out.path[0]] if out.path else out.bonus
         first.append(t1)
         if out.path:
