@@ -10,10 +10,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from labkit import engine, methods
 from labkit import sampling as S
+from labkit.testing import chi2_pvalue
 
 LOSSLESS = [n for n, c in methods.REGISTRY.items() if c.lossless]
 RUNS = 1000
@@ -40,14 +40,7 @@ def exact_marginals(lm, cfg, PROMPT):
 
 
 def chi2(samples, p):
-    counts = np.bincount(samples, minlength=len(p)).astype(float)
-    exp = p.double().numpy() * len(samples)
-    big = exp >= 5  # pool rare cells so the chi-square approximation holds
-    c = np.append(counts[big], counts[~big].sum())
-    e = np.append(exp[big], exp[~big].sum())
-    if e[-1] == 0:
-        c, e = c[:-1], e[:-1]
-    return chisquare(c, e * c.sum() / e.sum()).pvalue
+    return chi2_pvalue(samples, p)
 
 
 BASE_CONFIGS = {"T1": S.SamplingConfig(temperature=1.0),
