@@ -34,6 +34,7 @@ from . import metrics as M
 from . import trace as TR
 from .models import DEFAULT_MODEL, EMBEDDED, LM, ModelLoadError, load
 from .params import ParamError, build, describe, is_self_spec
+from .sampling import GREEDY
 from .session import Session, sampling_config
 from .trace import Step, TraceError
 
@@ -536,7 +537,7 @@ class ExplorerUpdate:
 
 @dataclass
 class BenchUpdate:
-    rows: Any = UNCHANGED  # list of dicts (bench.Table.rows() plus a category column)
+    rows: Any = UNCHANGED  # list of dicts (bench_rows: bench.table per category and method)
     plot: Any = UNCHANGED  # views.bench_summary: speedup and acceptance length per category
     status: str = ""
     progress: float = 0.0
@@ -988,21 +989,21 @@ class App:
         report(0.0, "warming up")
         yield BenchUpdate(status=f"warming up {len(order)} methods…", progress=0.0)
         try:
-            for x in order:  # first calls pay one-off costs; keep them out of the numbers
-                lab.run(x, "Hello", max_new_tokens=4, detail=False)
-            done = 0
-            for q in questions:
-                ids = lm.encode(q["turns"][0])
-                for x in order:  # interleaved, so drift in machine speed hits every method alike
-                    if stop.is_set():
-                        raise _Stopped
-                    collected.append(_bench_one(B, lab, x, q, ids, max_new, model))
-                    done += 1
-                    desc = f"{done}/{total}: {x} on {q['bench_category']} #{q['question_id']}"
-                    report(done / total, desc)
-                    yield BenchUpdate(rows=bench_rows(collected, order), status=desc, progress=done / total)
-        except _Stopped:
-            pass
+            # the bench's own harness: warm-up on a question outside the selection, then interleaved rounds
+            specs = [B.Spec.parse(x) for x in order]
+            instances = {s.label: lab.method(s.label) for s in specs}
+            chosen = {q["question_id"] for q in questions}
+            warm = [q for q in B.load_questions() if q["question_id"] not in chosen][:1]
+            B.warm_up(lm, specs, instances, warm, max_new_tokens=min(16, max_new), sampling=GREEDY, curve=None)
+            records = B.interleaved(lm, specs, instances, questions, max_new_tokens=max_new, curve=None,
+                                    sampling_for=lambda q: GREEDY, model_id=lambda _label: model,
+                                    should_stop=stop.is_set)
+            for rec in records:
+                collected.append(rec)
+                desc = (f"{len(collected)}/{total}: {rec['method']} on {rec['bench_category']} "
+                        f"#{rec['question_id']}")
+                report(len(collected) / total, desc)
+                yield BenchUpdate(rows=bench_rows(collected, order), status=desc, progress=len(collected) / total)
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("bench: unexpected error")
@@ -1124,10 +1125,6 @@ class App:
                              fidelity=VIEWS_SPARSITY.call("fidelity", frames) if frames else None,
                              status=f"{_finish_reason(steps, stopped)}: {head}"
                                     + (f" · saved as run “{key}”" if key else ""), error=error, done=True)
-
-
-class _Stopped(Exception):
-    pass
 
 
 def sparsity_module():
@@ -1289,14 +1286,6 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
 
 
 # ---- Bench tables and plots -------------------------------------------------------------------------------
-
-def _bench_one(B, lab: Session, name: str, q: dict, ids: list[int], max_new: int, model: str):
-    """One question with one method, measured by labkit.bench's harness (its records carry Spec-Bench's fields)."""
-    from .sampling import GREEDY
-
-    return B.run_method(lab.lm, lab.method(name), B.Spec.parse(name), q, ids, max_new_tokens=max_new,
-                        sampling=GREEDY, curve=None, model_id=model)
-
 
 def bench_rows(collected: list, order: Sequence[str]) -> list[dict]:
     """Flat rows per (category, method), category 'all' first: questions, tokens, tokens/s, speedup vs the

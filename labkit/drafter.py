@@ -2,7 +2,7 @@
 adaptive-length chains and LANTERN.
 
 `TreeDrafter` wraps any `LM` that shares the target's tokenizer (offline default: the target's own first
-layers, `draft_model.truncated_copy`). It keeps its own KV cache for the committed prefix:
+layers, `truncated_copy`). It keeps its own KV cache for the committed prefix:
 
     root_logits = d.begin(seq)              # sync the cache with the committed tokens (root last)
     logits = d.expand(parents, tokens, [0, 1, 2])   # score tree nodes in ONE forward (4D tree mask)
@@ -20,10 +20,13 @@ class of the methods that draft with a `TreeDrafter`.
 """
 from __future__ import annotations
 
+import copy
+import re
 from typing import Sequence
 
 import torch
 
+from . import backends
 from . import sampling as S
 from .engine import Method
 from .models import LM, cache_kwargs, load, load_tokenizer
@@ -44,12 +47,56 @@ def draft_param(what: str = "the draft LM"):
     return param(DEFAULT_DRAFT, f"{what}: {DRAFT_HELP}", model=True)
 
 
+def layer_copy(lm: LM, keep: list[int], name: str) -> LM:
+    """A model of the target's class made of the target's decoder layers `keep` (in order), sharing their
+    weights, the embeddings, the final norm and the head; on the target's execution path."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(lm.config)
+    cfg.num_hidden_layers = len(keep)
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    model = AutoModelForCausalLM.from_config(cfg, dtype=lm.dtype)
+    own = model.state_dict()
+    shared = {}
+    for key, value in lm.model.state_dict().items():
+        m = re.match(r"(.*\.layers\.)(\d+)(\..*)", key)
+        if m:
+            if int(m.group(2)) not in keep:
+                continue
+            key = f"{m.group(1)}{keep.index(int(m.group(2)))}{m.group(3)}"
+        if key in own:
+            shared[key] = value
+    model.load_state_dict(shared, strict=False, assign=True)
+    model.tie_weights()
+    model.to(lm.device).eval()
+    backends.apply(model, lm.backend)  # the draft runs on the target's execution path
+    return LM(model=model, tokenizer=lm.tokenizer, name=f"{lm.name} ({name})", source="layers of the target")
+
+
+def truncated_copy(lm: LM, n_layers: int) -> LM:
+    """The target's first `n_layers` decoder layers (plus its embeddings, final norm and head)."""
+    total = lm.config.num_hidden_layers
+    if not 1 <= n_layers <= total:
+        raise ParamError(f"self:N needs 1 <= N <= {total} (the target has {total} layers)")
+    return layer_copy(lm, list(range(n_layers)), f"first {n_layers}/{total} layers")
+
+
+def skip_copy(lm: LM, n_skip: int | None = None) -> LM:
+    """The target without `n_skip` consecutive middle layers (default: a tenth of them, at least one)."""
+    total = lm.config.num_hidden_layers
+    k = max(1, round(total / 10)) if n_skip is None else n_skip
+    if not 1 <= k < total:
+        raise ParamError(f"self:skipK needs 1 <= K < {total} (the target has {total} layers)")
+    start = total // 2 - k // 2
+    keep = [i for i in range(total) if not start <= i < start + k]
+    return layer_copy(lm, keep, f"without layers {start}-{start + k - 1}: {len(keep)}/{total} layers")
+
+
 def resolve_draft(lm: LM, spec: str) -> LM:
     """The draft LM named by `spec` (see DRAFT_HELP): 'self:skip' / 'self:skipK' = the target without its middle
     layers, 'self:N' = its first N layers ('self:auto' = a fifth of them, at least one), 'self' = the target
     itself, else a hub id / local path / embedded model name."""
-    from .methods.draft_model import skip_copy, truncated_copy
-
     own = parse_self_spec(spec)
     if own is None:
         # the vocabulary first (seconds), the weights only if it matches (a conversion can take minutes)

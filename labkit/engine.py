@@ -14,6 +14,7 @@ The KV cache always holds every committed token except the last one, which is th
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import time
@@ -126,6 +127,30 @@ class Method:
 
     def describe(self) -> str:
         return self.title or self.name
+
+    # ---- optional hooks, with do-nothing defaults (the bench and the app call them on every method) ----
+    # A `labkit.sizing` sizer when the method sizes its drafts to the device (the bench records its state).
+    sizer: Any = None
+
+    @contextlib.contextmanager
+    def warm_up(self) -> Iterator["Method"]:
+        """A context for the bench's warm-up runs (Token Recycling drafts big trees inside it); default: none."""
+        yield self
+
+    def state_bytes(self) -> int:
+        """Memory the method keeps across prompts (e.g. Token Recycling's matrix): by default the tensors and
+        arrays among the instance's own attributes."""
+        import numpy as np
+
+        total = 0
+        for key, value in vars(self).items():
+            if key in ("lm", "target", "params"):
+                continue
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+            elif isinstance(value, np.ndarray):
+                total += value.nbytes
+        return total
 
 
 # ---- the target side: KV cache and forwards --------------------------------------------------------

@@ -68,7 +68,7 @@ def test_resolve():
 
 
 def test_truncated_draft_runs_on_the_targets_path():
-    from labkit.methods.draft_model import truncated_copy
+    from labkit.drafter import truncated_copy
 
     lm = tiny_lm("llama", backend="fast")
     assert truncated_copy(lm, 1).backend == "fast"

@@ -7,7 +7,7 @@ import pytest
 
 from labkit import engine, methods, sizing
 from labkit.check import greedy_reference
-from labkit.methods.token_recycling import RANK_PRIOR, paper_choices
+from labkit.templates import RANK_PRIOR, paper_choices
 
 FLAT = sizing.LatencyCurve(tokens=(1, 81), seconds=(0.010, 0.0101))
 STEEP = sizing.LatencyCurve(tokens=(1, 2, 4, 8, 16, 81), seconds=(0.040, 0.046, 0.054, 0.084, 0.097, 0.175))

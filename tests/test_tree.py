@@ -84,7 +84,7 @@ def test_bfs_template_and_chain():
 
 
 def test_token_recycling_template_is_the_papers():
-    from labkit.methods.token_recycling import best_subtree, paper_choices
+    from labkit.templates import best_subtree, paper_choices
 
     c = paper_choices()
     assert len(c) == 80 and max(len(x) for x in c) == 6

@@ -10,70 +10,21 @@ drafter; the UI says so. Pass `draft=<hub id, path or embedded name>` for a real
 """
 from __future__ import annotations
 
-import copy
-import re
 from dataclasses import dataclass
 
 import torch
 
-from .. import backends
 from .. import sampling as S
 from ..drafter import draft_param, resolve_draft, same_tokenizer
 from ..engine import Method, Proposal
 from ..models import LM, cache_kwargs
-from ..params import ParamError, param
+from ..params import param
 
 
 @dataclass
 class DraftModelParams:
     draft: str = draft_param()
     draft_len: int = param(4, "tokens drafted per round", lo=1, hi=32)
-
-
-def layer_copy(lm: LM, keep: list[int], name: str) -> LM:
-    """A model of the target's class made of the target's decoder layers `keep` (in order), sharing their
-    weights, the embeddings, the final norm and the head; on the target's execution path."""
-    from transformers import AutoModelForCausalLM
-
-    cfg = copy.deepcopy(lm.config)
-    cfg.num_hidden_layers = len(keep)
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = [cfg.layer_types[i] for i in keep]
-    model = AutoModelForCausalLM.from_config(cfg, dtype=lm.dtype)
-    own = model.state_dict()
-    shared = {}
-    for key, value in lm.model.state_dict().items():
-        m = re.match(r"(.*\.layers\.)(\d+)(\..*)", key)
-        if m:
-            if int(m.group(2)) not in keep:
-                continue
-            key = f"{m.group(1)}{keep.index(int(m.group(2)))}{m.group(3)}"
-        if key in own:
-            shared[key] = value
-    model.load_state_dict(shared, strict=False, assign=True)
-    model.tie_weights()
-    model.to(lm.device).eval()
-    backends.apply(model, lm.backend)  # the draft runs on the target's execution path
-    return LM(model=model, tokenizer=lm.tokenizer, name=f"{lm.name} ({name})", source="layers of the target")
-
-
-def truncated_copy(lm: LM, n_layers: int) -> LM:
-    """The target's first `n_layers` decoder layers (plus its embeddings, final norm and head)."""
-    total = lm.config.num_hidden_layers
-    if not 1 <= n_layers <= total:
-        raise ParamError(f"self:N needs 1 <= N <= {total} (the target has {total} layers)")
-    return layer_copy(lm, list(range(n_layers)), f"first {n_layers}/{total} layers")
-
-
-def skip_copy(lm: LM, n_skip: int | None = None) -> LM:
-    """The target without `n_skip` consecutive middle layers (default: a tenth of them, at least one)."""
-    total = lm.config.num_hidden_layers
-    k = max(1, round(total / 10)) if n_skip is None else n_skip
-    if not 1 <= k < total:
-        raise ParamError(f"self:skipK needs 1 <= K < {total} (the target has {total} layers)")
-    start = total // 2 - k // 2
-    keep = [i for i in range(total) if not start <= i < start + k]
-    return layer_copy(lm, keep, f"without layers {start}-{start + k - 1}: {len(keep)}/{total} layers")
 
 
 class DraftModel(Method):

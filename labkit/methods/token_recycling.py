@@ -33,45 +33,7 @@ from .. import sizing
 from .. import tree as T
 from ..engine import Method, Proposal, Verified
 from ..params import param
-
-# The paper's default tree ("2.2.2"): number of children of each template node, keyed by its path of
-# sibling ranks from the root. 8 + 21 + 25 + 15 + 8 + 3 = 80 nodes, depth 6.
-PAPER_TREE: dict[tuple[int, ...], int] = {
-    (): 8,
-    (0,): 8, (1,): 4, (2,): 3, (3,): 2, (4,): 1, (5,): 1, (6,): 1, (7,): 1,
-    (0, 0): 8, (0, 1): 3, (0, 2): 2, (0, 3): 1, (0, 4): 1, (0, 5): 1, (0, 6): 1, (0, 7): 1,
-    (1, 0): 2, (1, 1): 1, (2, 0): 1, (3, 0): 1, (4, 0): 1, (5, 0): 1,
-    (0, 0, 0): 5, (0, 0, 1): 2, (0, 0, 2): 1, (0, 0, 3): 1, (0, 0, 4): 1, (0, 1, 0): 1, (0, 2, 0): 1,
-    (1, 0, 0): 1, (2, 0, 0): 1, (3, 0, 0): 1,
-    (0, 0, 0, 0): 3, (0, 0, 0, 1): 1, (0, 0, 0, 2): 1, (0, 0, 1, 0): 1, (0, 1, 0, 0): 1, (1, 0, 0, 0): 1,
-    (0, 0, 0, 0, 0): 2, (0, 0, 0, 1, 0): 1,
-}
-
-# Prior probability that the rank-r successor in M is the target's next token (used only to order the
-# template when it is cut to fewer nodes: a path's score is the product over its ranks).
-RANK_PRIOR = (0.45, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
-
-
-def paper_choices() -> list[tuple[int, ...]]:
-    out = []
-    for parent, n in PAPER_TREE.items():
-        out.extend(parent + (r,) for r in range(n))
-    return out
-
-
-def path_score(path: tuple[int, ...], prior=RANK_PRIOR) -> float:
-    s = 1.0
-    for r in path:
-        s *= prior[r] if r < len(prior) else prior[-1]
-    return s
-
-
-def best_subtree(choices, size: int, prior=RANK_PRIOR) -> list[tuple[int, ...]]:
-    """The `size` template paths with the highest score. A child never outscores its parent, so the result is
-    a tree. (Sorted in BFS order afterwards.)"""
-    ranked = sorted(choices, key=lambda c: (-path_score(c, prior), len(c), c))[:size]
-    return sorted(ranked, key=lambda c: (len(c), c))
-
+from ..templates import RANK_PRIOR, best_subtree, paper_choices
 
 @dataclass
 class TokenRecyclingParams:

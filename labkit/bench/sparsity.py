@@ -14,17 +14,15 @@ steps; KV kept is the mean share of the dense KV entries read (per layer and hea
 """
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from dataclasses import dataclass, field
 
 from .. import engine, methods
-from ..bench import CATEGORIES, load_questions, select
+from .questions import CATEGORIES, load_questions, select
 from ..params import ParamError, parse_assignments
-from . import policies
-from .instrument import LayerHeadSelection
-from .decode import Options, run
+from ..sparsity import policies
+from ..sparsity.instrument import LayerHeadSelection
+from ..sparsity.decode import Options, run
 
 LONG = ("summarization", "rag")
 
@@ -164,8 +162,10 @@ def main(args) -> int:
         print(f"\r[{i}/{len(prompts)}] {label:24s} {time.time() - t0:6.0f} s", end="", flush=True)
     print()
     print(format_table(plain, hooks, recording, configs, cells))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    print(f"peak RSS of this process: {rss:.0f} MB (longest prompt {max(lens)} tokens)")
+    from .memory import rss_bytes  # the one RSS reader (no Unix-only module at import)
+
+    rss = rss_bytes() / 2**20
+    print(f"RSS of this process at the end: {rss:.0f} MB (longest prompt {max(lens)} tokens)")
     return 0
 
 
