@@ -293,8 +293,6 @@ def build(app: H.App) -> gr.Blocks:
             with gr.Tab("Sparsity", id="sparsity"):
                 policies = app.sparsity_policies()
                 engine_methods = [x for x in labels if not H.methods.get(x[1]).custom_loop]
-                if not policies:
-                    gr.Markdown(f"⚠ {H.SPARSITY_MISSING}.", elem_id="lk-sparsity-missing")
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
                         s_prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=3, elem_id="lk-sparsity-prompt")
@@ -302,8 +300,8 @@ def build(app: H.App) -> gr.Blocks:
                             s_run = gr.Button("Run", variant="primary", elem_id="lk-sparsity-run")
                             s_stop = gr.Button("Stop", variant="stop", elem_id="lk-sparsity-stop")
                         s_model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        s_policy = Dropdown(policies, value=(policies[1] if len(policies) > 1 else policies[0])[1]
-                                               if policies else None, label="KV policy", elem_id="lk-sparsity-policy")
+                        s_policy = Dropdown(policies, value=policies[min(1, len(policies) - 1)][1], label="KV policy",
+                                            elem_id="lk-sparsity-policy")
                         s_budget = Slider(4, 1024, value=48, step=4, label="KV budget (committed entries read)",
                                              info="per layer or KV head, depending on the policy; dense ignores it",
                                              elem_id="lk-sparsity-budget")

@@ -15,7 +15,6 @@ the handlers, written as plain generators over Steps so tests drive them without
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import logging
 import math
@@ -29,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from . import backends, engine, methods
+from . import backends, engine, methods, sparsity, views
 from . import metrics as M
 from . import trace as TR
 from .models import DEFAULT_MODEL, EMBEDDED, LM, ModelLoadError, load
 from .params import ParamError, build, describe, is_self_spec
 from .sampling import GREEDY
 from .session import Session, sampling_config
+from .sparsity import views as sparsity_views
 from .trace import Step, TraceError
 
 log = logging.getLogger("labkit.app")
@@ -357,58 +357,32 @@ class Request:
     chat: bool
 
 
-# ---- views: labkit.views draws; this only calls it (and keeps the app alive if a figure fails) ------------
+# ---- figures: labkit.views draws; a figure that fails does not take the app down -----------------------------
 
-class Views:
-    """Calls `labkit.views` (and `labkit.sparsity.views`) by name. A missing module or function gives None; an
-    exception inside a view is logged with its traceback and recorded in `errors`, and gives None, so one bad
-    step of an uploaded trace cannot take the app down."""
+class Figures:
+    """Draws the app's figures with labkit.views. A figure that raises is logged with its traceback, recorded
+    in `errors` (the app tests fail on any) and gives None, so one bad step of an uploaded trace cannot take
+    the app down; the explorer says which plot failed."""
 
-    def __init__(self, module: str = "labkit.views"):
-        self.module_name = module
+    def __init__(self):
         self.errors: list[str] = []
 
-    def module(self):
-        import importlib
-
-        try:
-            return importlib.import_module(self.module_name)
-        except ImportError as e:
-            if e.name and self.module_name.startswith(e.name):
-                return None
-            raise
-
-    def available(self, name: str) -> bool:
-        mod = self.module()
-        return mod is not None and callable(getattr(mod, name, None))
-
-    def call(self, name: str, *args, **kwargs):
-        mod = self.module()
-        fn = getattr(mod, name, None) if mod is not None else None
-        if fn is None:
-            return None
+    def draw(self, fn: Callable, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - a view must not take the app down; the log keeps the traceback
-            log.exception("view %s failed", name)
-            self.errors.append(f"{name}: {type(e).__name__}: {e}")
+            log.exception("view %s failed", fn.__name__)
+            self.errors.append(f"{fn.__name__}: {type(e).__name__}: {e}")
             return None
 
 
-VIEWS = Views()
-VIEWS_SPARSITY = Views("labkit.sparsity.views")
+FIGURES = Figures()
 
 
 def stream_html(steps: list[Step], method: str | None = None, note: bool = True) -> str:
-    """The coloured token stream (labkit.views.token_stream_html); plain escaped text until the views land.
-    A baseline's tokens are the target's own, shown as autoregressive tokens."""
+    """The coloured token stream; a baseline's tokens are the target's own, shown as autoregressive tokens."""
     baseline = method in methods.REGISTRY and methods.get(method).kind == "baseline"
-    out = VIEWS.call("token_stream_html", steps, autoregressive=baseline, note=note) \
-        if VIEWS.available("token_stream_html") else None
-    if isinstance(out, str):
-        return out
-    text = html.escape("".join(s.text for s in steps))
-    return f'<div class="lk-plain-stream" style="white-space:pre-wrap">{text}</div>'
+    return views.token_stream_html(steps, autoregressive=baseline, note=note)
 
 
 # ---- metrics text -----------------------------------------------------------------------------------------
@@ -520,7 +494,7 @@ class StepView:
     error: str = ""
 
 
-DECISION_HEADERS = list(VIEWS.module().DECISION_HEADERS)
+DECISION_HEADERS = list(views.DECISION_HEADERS)
 
 
 @dataclass
@@ -555,10 +529,6 @@ class SparsityUpdate:
     status: str = ""
     error: str = ""
     done: bool = False
-
-
-SPARSITY_MISSING = ("sparsity policies are not installed yet (labkit.sparsity is still being built); "
-                    "this tab lights up once it lands")
 
 
 def _user_message(e: BaseException) -> str:
@@ -659,13 +629,13 @@ class App:
                 steps.append(step)
                 if not text_t.due():
                     continue
-                u = LiveUpdate(html=stream_html(steps, req.method), text=VIEWS.call("plain_text", steps), metrics=metrics_md(steps),
+                u = LiveUpdate(html=stream_html(steps, req.method), text=views.plain_text(steps), metrics=metrics_md(steps),
                                status=f"{'stopping…' if stop.is_set() else 'generating:'} {head} · step {step.index} · "
                                       f"{sum(len(s.tokens) for s in steps)} tokens")
                 if step.kind == "decode" and tree_t.due():
-                    u.tree = VIEWS.call("draft_tree", step)
+                    u.tree = FIGURES.draw(views.draft_tree, step)
                 if stats_t.due():
-                    u.stats = VIEWS.call("acceptance_stats", steps)
+                    u.stats = FIGURES.draw(views.acceptance_stats, steps)
                 yield u
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
@@ -677,11 +647,11 @@ class App:
         else:
             key = None
         visitor.last_live = key
-        tree_step = VIEWS.call("showcase_step", steps) or (steps[-1] if steps else None)
+        tree_step = views.showcase_step(steps) or (steps[-1] if steps else None)
         status = f"{_finish_reason(steps, stop.is_set())}: {head}" + (f" · saved as run “{key}”" if key else "")
-        yield LiveUpdate(html=stream_html(steps, req.method), text=VIEWS.call("plain_text", steps),
-                         tree=VIEWS.call("draft_tree", tree_step) if tree_step else None,
-                         stats=VIEWS.call("acceptance_stats", steps) if steps else None,
+        yield LiveUpdate(html=stream_html(steps, req.method), text=views.plain_text(steps),
+                         tree=FIGURES.draw(views.draft_tree, tree_step) if tree_step else None,
+                         stats=FIGURES.draw(views.acceptance_stats, steps) if steps else None,
                          metrics=metrics_md(steps) + (speed_md(steps, session.lm) if steps else ""), status=status,
                          error=error, done=True, steps=len(steps),
                          shown=steps.index(tree_step) if tree_step else -1)
@@ -695,7 +665,7 @@ class App:
             i = parse_int("step", index, 0, len(rec.steps) - 1)
         except ValueError:
             i = len(rec.steps) - 1
-        return VIEWS.call("draft_tree", rec.steps[i])
+        return FIGURES.draw(views.draft_tree, rec.steps[i])
 
     # -- Compare -------------------------------------------------------------------------------------------
 
@@ -775,7 +745,7 @@ class App:
             u = CompareUpdate(columns=self._columns(lanes),
                               status=f"{'stopping…' if stop.is_set() else 'generating:'} {head}")
             if plot_t.due():
-                u.plot = VIEWS.call("side_by_side", {l["name"]: l["steps"] for l in lanes}, partial=True)
+                u.plot = FIGURES.draw(views.side_by_side, {l["name"]: l["steps"] for l in lanes}, partial=True)
             yield u
         stopped = stop.is_set()
         for lane in lanes:
@@ -784,7 +754,7 @@ class App:
             if lane["steps"]:
                 visitor.add_run("compare", f"{lane['name']} · {_short(reqs[0].prompt, 30)}", lane["cfg"],
                                 lane["steps"], cfg.max_runs, note=_finish_reason(lane["steps"], stopped))
-        final = VIEWS.call("side_by_side", {l["name"]: l["steps"] for l in lanes},
+        final = FIGURES.draw(views.side_by_side, {l["name"]: l["steps"] for l in lanes},
                            partial=any(l.get("stopped") for l in lanes))
         yield CompareUpdate(status="verifying outputs…", columns=self._columns(lanes), plot=final)
         verdict = compare_verdict(session.lm, lanes, reqs[0].sampling, stopped)
@@ -821,7 +791,7 @@ class App:
         steps = rec.steps
         n = len(steps)
         if index is None or index == "":
-            best = VIEWS.call("showcase_step", steps)
+            best = views.showcase_step(steps)
             i = steps.index(best) if best is not None else n - 1
         else:
             try:
@@ -862,16 +832,16 @@ class App:
                      f"{s.target_forwards}, draft forwards {s.draft_forwards} · KV length {s.kv_len} · "
                      f"draft {t.draft * 1e3:.1f} ms, verify {t.verify * 1e3:.1f} ms, accept {t.accept * 1e3:.1f} ms, "
                      f"commit {t.commit * 1e3:.1f} ms" + (f" · finished: {s.finished}" if s.finished else ""))
-        rows = VIEWS.call("decisions", s) or []
-        before, before_sp = len(VIEWS.errors), len(VIEWS_SPARSITY.errors)
+        rows = views.decisions(s)
+        before = len(FIGURES.errors)
         view = StepView(summary=summary, decisions=rows, state=s.state or {},
-                        tree=VIEWS.call("draft_tree", s), mask=VIEWS.call("tree_mask", s) if s.kind == "decode" else None,
-                        state_plot=VIEWS.call("method_state", s, method=method, token_text=self._token_text(rec)))
+                        tree=FIGURES.draw(views.draft_tree, s), mask=FIGURES.draw(views.tree_mask, s) if s.kind == "decode" else None,
+                        state_plot=FIGURES.draw(views.method_state, s, method=method, token_text=self._token_text(rec)))
         frame = next((e for e in rec.events if not isinstance(e, Step) and getattr(e, "step", None) == s.index
                       and hasattr(e, "layers")), None)
         if frame is not None:
-            view.sparsity = VIEWS_SPARSITY.call("layer_map", frame)
-        errors = VIEWS.errors[before:] + VIEWS_SPARSITY.errors[before_sp:]
+            view.sparsity = FIGURES.draw(sparsity_views.layer_map, frame)
+        errors = FIGURES.errors[before:]
         if errors:
             view.error = "some plots of this step could not be drawn: " + "; ".join(errors)
         return view
@@ -1011,7 +981,7 @@ class App:
             return
         stopped = stop.is_set()
         rows = bench_rows(collected, order)
-        plot = VIEWS.call("bench_summary", B.table(collected), clock="wall",
+        plot = FIGURES.draw(views.bench_summary, B.table(collected), clock="wall",
                           title=f"{len(questions)} questions, {max_new} new tokens max, wall time") if collected else None
         yield BenchUpdate(rows=rows, plot=plot, status=("stopped" if stopped else "done") + f": {len(collected)} runs on {model}, "
                                  f"greedy, {max_new} new tokens max", progress=1.0, done=True)
@@ -1019,13 +989,10 @@ class App:
     # -- Sparsity ------------------------------------------------------------------------------------------
 
     def sparsity_policies(self) -> list[tuple[str, str]]:
-        """(label, name) of every registered KV policy; [] while labkit.sparsity is not installed."""
-        if sparsity_ready() is not None:
-            return []
-        SP = sparsity_module()
+        """(label, name) of every registered KV policy."""
         out = []
-        for name in SP.REGISTRY:
-            info = SP.info(name)
+        for name in sparsity.REGISTRY:
+            info = sparsity.info(name)
             out.append((f"{name} · {info['title']}", name))
         return out
 
@@ -1048,23 +1015,17 @@ class App:
             visitor.end(stop)
 
     def _sparsity(self, visitor, stop, model, policy, budget, prompt, max_new_tokens, method, chat):
-        why = sparsity_ready()
-        if why is not None:
-            yield SparsityUpdate(error=why, done=True)
-            return
-        SP = sparsity_module()
-
         cfg = self.config
         try:
             self.pool.check(model)
             name = str(policy or "").strip()
             if not name:
                 raise ParamError("pick a KV policy")
-            info = SP.info(name)  # unknown policy -> ParamError listing the registry
+            info = sparsity.info(name)  # unknown policy -> ParamError listing the registry
             params = {}
             if any(p["name"] == "budget" for p in info["params"]):
                 params["budget"] = parse_int("KV budget", budget, 1, None)
-            SP.create(name, params)  # bad budget for this policy -> ParamError
+            sparsity.create(name, params)  # bad budget for this policy -> ParamError
             req = self.request(model, method or BASELINE, prompt, max_new_tokens, "greedy", None, None, None, 0,
                                None, chat)
             if methods.get(req.method).custom_loop:
@@ -1074,10 +1035,10 @@ class App:
                 yield SparsityUpdate(status=loading)
             session = visitor.session(self.pool, req.model)
             self._supports(req.method, session.lm)
-            opts = SP.Options(policy=name, params=params)
+            opts = sparsity.Options(policy=name, params=params)
             m, _, run_cfg = session.prepare(req.method, req.prompt, max_new_tokens=req.max_new_tokens,
                                             sampling=req.sampling, chat=req.chat)
-            run_cfg = {**run_cfg, "sparsity": SP.describe(opts)}
+            run_cfg = {**run_cfg, "sparsity": sparsity.describe(opts)}
             gen = session.stream(m, req.prompt, max_new_tokens=req.max_new_tokens, sampling=req.sampling,
                                  chat=req.chat, should_stop=stop.is_set, sparsity=opts)
         except Exception as e:  # noqa: BLE001
@@ -1104,10 +1065,10 @@ class App:
                 u = SparsityUpdate(html=stream_html(steps, req.method), metrics=sparsity_md(steps, frames),
                                    status=f"{'stopping…' if stop.is_set() else 'generating:'} {head} · step {e.step}")
                 if heat_t.due():
-                    u.heatmap = VIEWS_SPARSITY.call("layer_map", e)
+                    u.heatmap = FIGURES.draw(sparsity_views.layer_map, e)
                 if slow_t.due():
-                    u.timeline = VIEWS_SPARSITY.call("residency_timeline", frames)
-                    u.fidelity = VIEWS_SPARSITY.call("fidelity", frames)
+                    u.timeline = FIGURES.draw(sparsity_views.residency_timeline, frames)
+                    u.fidelity = FIGURES.draw(sparsity_views.fidelity, frames)
                 yield u
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
@@ -1120,41 +1081,11 @@ class App:
                                   cfg.max_runs, note=_finish_reason(steps, stopped))
         last = frames[-1] if frames else None
         yield SparsityUpdate(html=stream_html(steps, req.method), metrics=sparsity_md(steps, frames),
-                             heatmap=VIEWS_SPARSITY.call("layer_map", last) if last else None,
-                             timeline=VIEWS_SPARSITY.call("residency_timeline", frames) if frames else None,
-                             fidelity=VIEWS_SPARSITY.call("fidelity", frames) if frames else None,
+                             heatmap=FIGURES.draw(sparsity_views.layer_map, last) if last else None,
+                             timeline=FIGURES.draw(sparsity_views.residency_timeline, frames) if frames else None,
+                             fidelity=FIGURES.draw(sparsity_views.fidelity, frames) if frames else None,
                              status=f"{_finish_reason(steps, stopped)}: {head}"
                                     + (f" · saved as run “{key}”" if key else ""), error=error, done=True)
-
-
-def sparsity_module():
-    """labkit.sparsity, or None while it is not installed."""
-    import importlib
-
-    try:
-        return importlib.import_module("labkit.sparsity")
-    except ImportError as e:
-        if e.name and "labkit.sparsity".startswith(e.name):
-            return None
-        raise
-
-
-def sparsity_ready() -> str | None:
-    """None when the sparsity tab can run (policies, Options, views), else the message the tab shows."""
-    try:
-        SP = sparsity_module()
-        if SP is None or not all(hasattr(SP, a) for a in ("REGISTRY", "Options", "info", "create", "describe")):
-            return SPARSITY_MISSING
-        if not VIEWS_SPARSITY.available("layer_map"):
-            return SPARSITY_MISSING
-        import inspect
-
-        if "sparsity" not in inspect.signature(Session.stream).parameters:
-            return SPARSITY_MISSING
-    except Exception as e:  # noqa: BLE001 - a half-installed package must not take the app down
-        log.exception("labkit.sparsity failed to import")
-        return f"{SPARSITY_MISSING} (it failed to import: {type(e).__name__})"
-    return None
 
 
 def sparsity_md(steps: list[Step], frames: list) -> str:
@@ -1183,10 +1114,7 @@ def _slug(key: str) -> str:
 def parse_upload(text: str) -> tuple[TR.Trace, int]:
     """parse_trace, after dropping event lines whose type this process does not know (consumers skip event
     types they do not handle) and checking that the steps are well-formed trees. Returns (trace, skipped)."""
-    try:  # sparsity frames register their event type on import
-        sparsity_module()
-    except Exception:  # noqa: BLE001 - then its frames are skipped like any unknown event
-        log.exception("labkit.sparsity failed to import")
+    # (labkit.sparsity, imported above, registered its frames' event type)
     lines = text.split("\n")
     kept, skipped = [], 0
     for i, line in enumerate(lines):

@@ -43,9 +43,9 @@ def live(app, visitor, **kw):
 
 def test_live_streams_and_matches_session(app, tiny):
     v = H.Visitor()
-    errors = len(H.VIEWS.errors)
+    errors = len(H.FIGURES.errors)
     ups = live(app, v)
-    assert len(H.VIEWS.errors) == errors, H.VIEWS.errors[errors:]  # no view failed
+    assert len(H.FIGURES.errors) == errors, H.FIGURES.errors[errors:]  # no view failed
     assert len(ups) > 3 and ups[-1].done and not ups[-1].error
     ref = Session(lm=tiny("llama")).run("token_recycling", PROMPT, max_new_tokens=24, chat=False)
     assert ups[-1].text == ref.text
@@ -284,14 +284,13 @@ def test_compare_streams_side_by_side_with_verdict(app):
     verdict = ups[-1].verdict
     assert verdict.count("✓ identical") == 2 and "speedup" in verdict and "1.00×" in verdict
     assert [r.source for r in v.runs.values()] == ["compare"] * 3
-    if H.VIEWS.available("side_by_side"):
-        # the final figure comes with the verdict (the last word) and agrees with it; while the lanes stream,
-        # only positions every lane has produced are compared, so identical runs never show "differ"
-        final = ups[-1].plot
-        assert final is not None and final is not H.UNCHANGED and final.layout.title.text.startswith("✓ identical")
-        plots = [u.plot for u in ups[:-1] if u.plot not in (None, H.UNCHANGED)]
-        assert plots and all(not p.layout.title.text.startswith("✗") for p in plots)
-        assert "Expected = tokens per round" in verdict and "expected" in verdict.splitlines()[0]
+    # the final figure comes with the verdict (the last word) and agrees with it; while the lanes stream,
+    # only positions every lane has produced are compared, so identical runs never show "differ"
+    final = ups[-1].plot
+    assert final is not None and final is not H.UNCHANGED and final.layout.title.text.startswith("✓ identical")
+    plots = [u.plot for u in ups[:-1] if u.plot not in (None, H.UNCHANGED)]
+    assert plots and all(not p.layout.title.text.startswith("✗") for p in plots)
+    assert "Expected = tokens per round" in verdict and "expected" in verdict.splitlines()[0]
 
 
 def test_stopped_compare_marks_lanes_stopped_and_compares_what_both_produced(app):
@@ -304,8 +303,7 @@ def test_stopped_compare_marks_lanes_stopped_and_compares_what_both_produced(app
     assert ups[-1].done and ups[-1].status.startswith("stopped")
     titles = [c.title for c in ups[-1].columns if c is not None]
     assert all("■ stopped" in t and "✓ done" not in t for t in titles), titles
-    if H.VIEWS.available("side_by_side"):
-        assert ups[-1].plot.layout.title.text.startswith("✓ identical so far")
+    assert ups[-1].plot.layout.title.text.startswith("✓ identical so far")
 
 
 @pytest.mark.parametrize("picked, msg", [
@@ -502,16 +500,6 @@ def test_bench_validation(app, kw, msg):
     assert len(ups) == 1 and msg in ups[0].error
 
 
-def test_sparsity_tab_says_what_is_missing(app, monkeypatch):
-    monkeypatch.setattr(H, "sparsity_ready", lambda: H.SPARSITY_MISSING)
-    ups = list(app.sparsity(H.Visitor(), "tiny-llama", "h2o", 16, PROMPT, 8, chat=False))
-    assert ups[-1].error == H.SPARSITY_MISSING and app.sparsity_policies() == []
-
-
-needs_sparsity = pytest.mark.skipif(H.sparsity_ready() is not None, reason="labkit.sparsity is not installed yet")
-
-
-@needs_sparsity
 def test_sparsity_streams_frames_and_fidelity(app):
     v = H.Visitor()
     ups = list(app.sparsity(v, "tiny-llama", "h2o", 8, PROMPT, 12, chat=False))
@@ -532,7 +520,6 @@ def test_sparsity_streams_frames_and_fidelity(app):
     assert [name for _, name in app.sparsity_policies()][0] == "dense"
 
 
-@needs_sparsity
 @pytest.mark.parametrize("kw, msg", [
     (dict(policy="nope"), "unknown sparsity policy 'nope'"),
     (dict(policy=""), "pick a KV policy"),
@@ -550,7 +537,6 @@ def test_sparsity_validation(app, kw, msg):
     assert len(ups) == 1 and msg in ups[0].error, ups[0].error
 
 
-@needs_sparsity
 def test_sparsity_rejects_custom_loop_methods(app):
     custom = [n for n in methods.REGISTRY if methods.get(n).custom_loop]
     if not custom:

@@ -122,12 +122,6 @@ def _tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
-def _views_installed() -> bool:
-    from labkit.app_handlers import VIEWS
-
-    return VIEWS.available("draft_tree")
-
-
 def test_page_loads_offline(page):
     assert "labkit" in page.title()
     page.screenshot(path=str(SHOTS / "00_loaded.png"), full_page=True)
@@ -164,11 +158,10 @@ def test_live_streams_text_and_tree(page):
     assert len({n for n in seen if n > 0}) >= 2, f"the text did not stream (it arrived in one piece): {seen}"
     metrics = _text(page, "#lk-live-metrics")
     assert "tok/s" in metrics and "mean acceptance length" in metrics and "target forwards" in metrics
-    if _views_installed():
-        page.wait_for_selector("#lk-live-tree .js-plotly-plot", timeout=30_000)
-        assert page.locator("#lk-live-tree .js-plotly-plot").count() == 1
-        _set_slider(page, "#lk-live-step", 1)  # scrub: the tree of round 1
-        _wait_text(page, "#lk-live-tree", r"Step 1\b", timeout=30)
+    page.wait_for_selector("#lk-live-tree .js-plotly-plot", timeout=30_000)
+    assert page.locator("#lk-live-tree .js-plotly-plot").count() == 1
+    _set_slider(page, "#lk-live-step", 1)  # scrub: the tree of round 1
+    _wait_text(page, "#lk-live-tree", r"Step 1\b", timeout=30)
     page.screenshot(path=str(SHOTS / "02_live.png"), full_page=True)
 
 
@@ -236,8 +229,7 @@ def test_compare_side_by_side(page):
         assert len(_text(page, f"#lk-compare-stream-{i}").strip()) > 10
         assert "tok/s" in _text(page, f"#lk-compare-metrics-{i}")
     assert not page.locator("#lk-compare-stream-3").is_visible()
-    if _views_installed():
-        page.wait_for_selector("#lk-compare-plot .js-plotly-plot", timeout=30_000)
+    page.wait_for_selector("#lk-compare-plot .js-plotly-plot", timeout=30_000)
     page.screenshot(path=str(SHOTS / "03_compare.png"), full_page=True)
 
 
