@@ -5,7 +5,7 @@
     python app.py --models smollm2-135m,/models/my-llama      # a private deployment's allow-list
 
 This file is layout only; the logic (validation, per-visitor state, shared models, streaming handlers) is in
-`labkit/app_handlers.py`. Nothing heavy happens at import: models load on the first request that needs them.
+`labkit/app/` (one module per tab). Nothing heavy happens at import: models load on the first request that needs them.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from labkit import app_handlers as H  # noqa: E402
+from labkit import app as H  # noqa: E402
 from labkit.bench import CATEGORIES  # noqa: E402
 
 # System fonts only: the default themes load Google Fonts, and the app must work offline.

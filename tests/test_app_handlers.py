@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import app_handlers as H
+from labkit import app as H
 from labkit import methods
 from labkit.session import Session
 from labkit.trace import load_trace
@@ -565,7 +565,7 @@ def test_pool_never_trusts_remote_code(monkeypatch):
         seen.update(kw, name=name)
         return object()
 
-    monkeypatch.setattr(H, "load", fake_load)
+    monkeypatch.setattr(H.config, "load", fake_load)  # the loader ModelPool calls
     pool = H.ModelPool(("m",))
     pool.get("m")
     pool.get("m")

@@ -32,7 +32,7 @@ def test_import_is_light(appmod):
 def test_pickers_and_forms_come_from_the_registry(appmod):
     import gradio as gr
 
-    from labkit import app_handlers as H
+    from labkit import app as H
     from labkit import methods
 
     method_dd = next(b for b in _components(appmod.demo, gr.Dropdown) if b.elem_id == "lk-live-method")
