@@ -27,7 +27,7 @@ from . import accept as A
 from . import sampling as S
 from . import tree as T
 from .models import LM, cache_kwargs
-from .sizing import synchronize
+from .latency import synchronize
 from .trace import BONUS_ARGMAX, BONUS_SAMPLED, Node, Step, Timing
 
 

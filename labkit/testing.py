@@ -44,7 +44,7 @@ def tiny_config(arch: str = "llama", *, vocab: int = 32, layers: int = 2, hidden
 def flat_curve():
     """A latency curve on which every draft pays (a verify pass over 81 tokens costs what one token does): tests
     hand it to a method's sizer (`sizer.use_curve`) so that whether it drafts does not hang on a measured curve."""
-    from .sizing import LatencyCurve
+    from .latency import LatencyCurve
 
     return LatencyCurve(tokens=(1, 81), seconds=(0.010, 0.0101))
 

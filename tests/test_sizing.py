@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from labkit import engine, methods, sizing
+from labkit import engine, latency, methods, sizing
 from labkit.check import greedy_reference
 from labkit.templates import RANK_PRIOR, paper_choices
 
@@ -104,10 +104,10 @@ def test_measure_and_cache(tiny, tmp_path, monkeypatch):
     assert all(s > 0 for s in curve.seconds) and len(curve.samples) == 7 * len(curve.tokens)
     files = list((tmp_path / "sizing").glob("*.json"))
     assert len(files) == 1
-    monkeypatch.setattr(sizing, "_quieter_now", lambda load, device: False)
+    monkeypatch.setattr(latency, "_quieter_now", lambda load, device: False)
     again = sizing.latency_curve(lm, max_tokens=9)
     assert again == curve  # read back from the cache, not re-measured
-    monkeypatch.setattr(sizing, "_quieter_now", lambda load, device: True)
+    monkeypatch.setattr(latency, "_quieter_now", lambda load, device: True)
     assert sizing.latency_curve(lm, max_tokens=9) != curve  # measured under contention: measured again
 
 

@@ -82,7 +82,7 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
                 pos += 1
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=color, width=2, shape="hv"), name=k,
                                  hovertemplate=f"{k}: position %{{x}} at %{{y:.2f}} s<extra></extra>"), row=2, col=1)
-    from ..sizing import expected_speedup
+    from ..latency import expected_speedup
 
     def bar_label(k: str) -> str:
         bound = expected_speedup(runs[k], curve) if curve is not None else None
