@@ -272,13 +272,6 @@ class Detokenizer:
         return delta
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    max_new_tokens: int = 128
-    sampling: S.SamplingConfig = S.GREEDY
-    detail: bool = True  # per-node text, probabilities and reasons (off: ids and statuses only)
-
-
 def _stop_at(tokens: list[int], eos: frozenset[int], budget: int) -> tuple[list[int], str]:
     out = []
     for t in tokens:

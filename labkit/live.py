@@ -201,14 +201,12 @@ class LiveView:
         self.method = method if isinstance(method, str) else getattr(method, "name", None)
         cls = registry.REGISTRY.get(self.method) if self.method else None
         self.autoregressive = cls is not None and cls.kind != "speculative"
-        m, ids, cfg = self.session.prepare(method, prompt, max_new_tokens=max_new_tokens, sampling=sampling,
-                                           chat=chat, params=params)
-        self.config = cfg
+        started = self.session.start(method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, chat=chat,
+                                     params=params, trace=trace, should_stop=lambda: self._stop)
         lm = self.session.lm
         self._token_text = lambda t: lm.token_texts([t])[0]
-        steps = self.session.stream(m, ids, max_new_tokens=max_new_tokens, sampling=sampling, chat=chat,
-                                    trace=trace, should_stop=lambda: self._stop)
-        self.config = {**cfg, "prompt": prompt if isinstance(prompt, str) else ""}
+        steps = started.steps
+        self.config = started.config
         self.slider.disabled = self.play.disabled = True
         self.stop_button.disabled = False
         self.status.value = f"<b>{self.method}</b> · starting..."

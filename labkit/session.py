@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -41,6 +40,16 @@ class Run:
 
 def sampling_config(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> S.SamplingConfig:
     return S.SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
+
+
+@dataclass
+class Started:
+    """A checked request, ready to decode (`Session.start`): the method instance, the prompt ids, the run's
+    config (what a trace records) and the iterator of its Steps (and sparsity frames)."""
+    method: engine.Method
+    ids: list[int]
+    config: dict
+    steps: Iterator
 
 
 class Session:
@@ -102,12 +111,13 @@ class Session:
         cfg = self.config(m, prompt if isinstance(prompt, str) else "", ids, max_new_tokens, sampling, chat)
         return m, ids, cfg
 
-    def stream(self, method: str | engine.Method, prompt: str | list[int], *, max_new_tokens: int = 128,
-               sampling: S.SamplingConfig | None = None, chat: bool = True, detail: bool = True,
-               trace: str | None = None, should_stop: Callable[[], bool] | None = None,
-               params: dict | None = None, sparsity: Any = None) -> Iterator[Step]:
-        """Steps as the model decodes (bad input raises here, before anything runs); with `trace=path`, the
-        steps are also written to a JSON-lines trace as they come. With `sparsity=` (a policy name, a
+    def start(self, method: str | engine.Method, prompt: str | list[int], *, max_new_tokens: int = 128,
+              sampling: S.SamplingConfig | None = None, chat: bool = True, detail: bool = True,
+              trace: str | None = None, should_stop: Callable[[], bool] | None = None,
+              params: dict | None = None, sparsity: Any = None) -> "Started":
+        """Check a request once and hand back everything a run needs: the method instance, the prompt ids, the
+        run's config and its Step iterator (bad input raises here, before anything runs). With `trace=path`,
+        the steps are also written to a JSON-lines trace as they come. With `sparsity=` (a policy name, a
         `labkit.sparsity.Policy` or `labkit.sparsity.Options`), the decode runs under that KV-selection policy
         and each Step is followed by its `labkit.sparsity.SparsityFrame`."""
         m, ids, cfg = self.prepare(method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, chat=chat,
@@ -118,20 +128,19 @@ class Session:
             events = SP.decode(self.lm, m, ids, sparsity, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
                                detail=detail, should_stop=should_stop)
             cfg = {**cfg, "sparsity": SP.describe(sparsity)}
-            return events if trace is None else _tee(events, trace, cfg)
-        steps = engine.decode(self.lm, m, ids, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
-                              detail=detail, should_stop=should_stop)
-        return steps if trace is None else _tee(steps, trace, cfg)
+        else:
+            events = engine.decode(self.lm, m, ids, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
+                                   detail=detail, should_stop=should_stop)
+        return Started(m, ids, cfg, events if trace is None else _tee(events, trace, cfg))
+
+    def stream(self, method: str | engine.Method, prompt: str | list[int], **kwargs) -> Iterator[Step]:
+        """Steps as the model decodes: `start(...).steps` (the same arguments)."""
+        return self.start(method, prompt, **kwargs).steps
 
     def run(self, method: str | engine.Method, prompt: str | list[int], **kwargs) -> Run:
         """Decode to the end and return the Run (config, steps, text, metrics)."""
-        trace = kwargs.pop("trace", None)
-        detail, should_stop = kwargs.pop("detail", True), kwargs.pop("should_stop", None)
-        m, ids, cfg = self.prepare(method, prompt, **kwargs)
-        steps = engine.decode(self.lm, m, ids, max_new_tokens=cfg["max_new_tokens"], sampling=cfg_sampling(cfg),
-                              detail=detail, should_stop=should_stop)
-        run = Run(config=cfg, steps=list(steps if trace is None else _tee(steps, trace, cfg)))
-        return run
+        started = self.start(method, prompt, **kwargs)
+        return Run(config=started.config, steps=list(started.steps))
 
     def compare(self, methods: "Sequence[str] | Mapping[str, str | tuple[str, dict]]", prompt: str | list[int],
                 **kwargs) -> dict[str, Run]:
@@ -172,7 +181,3 @@ def _tee(steps: Iterator[Step], path, cfg: dict) -> Iterator[Step]:
         for step in steps:
             w.write(step)
             yield step
-
-
-def config_json(cfg: dict) -> str:
-    return json.dumps(cfg, ensure_ascii=False)

@@ -19,7 +19,7 @@ import typing
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 SCHEMA = "labkit.trace"
 SCHEMA_VERSION = 1
@@ -271,7 +271,3 @@ def load_trace(path: str | os.PathLike) -> Trace:
     except UnicodeDecodeError:
         raise TraceError("the file is not UTF-8 text: not a labkit trace") from None
     return parse_trace(text)
-
-
-def iter_steps(events: Iterable[Any]) -> Iterator[Step]:
-    return (e for e in events if isinstance(e, Step))

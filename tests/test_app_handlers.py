@@ -145,7 +145,7 @@ def test_unexpected_error_is_one_line_without_traceback(app, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("kaboom\nsecond line")
 
-    monkeypatch.setattr(Session, "stream", boom)
+    monkeypatch.setattr(Session, "start", boom)
     ups = live(app, H.Visitor())
     assert ups[-1].error.startswith("internal error (RuntimeError: kaboom)") and "\n" not in ups[-1].error
 

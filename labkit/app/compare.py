@@ -52,16 +52,12 @@ class CompareTab:
             if loading:
                 yield CompareUpdate(status=loading)
             session = visitor.session(self.pool, reqs[0].model)
-            for r in reqs:
-                self._supports(r.method, session.lm)
             lanes = []
-            for r in reqs:
-                m, ids, run_cfg = session.prepare(r.method, r.prompt, max_new_tokens=r.max_new_tokens,
-                                                  sampling=r.sampling, chat=r.chat, params=r.params)
-                gen = session.stream(m, r.prompt, max_new_tokens=r.max_new_tokens, sampling=r.sampling, chat=r.chat,
-                                     should_stop=stop.is_set)
-                lanes.append({"name": r.method, "gen": gen, "steps": [], "cfg": run_cfg, "ids": ids, "error": "",
-                              "done": False})
+            for r in reqs:  # every lane is checked before any runs (a bad one fails the whole request)
+                started = session.start(r.method, r.prompt, max_new_tokens=r.max_new_tokens, sampling=r.sampling,
+                                        chat=r.chat, params=r.params, should_stop=stop.is_set)
+                lanes.append({"name": r.method, "gen": started.steps, "steps": [], "cfg": started.config,
+                              "ids": started.ids, "error": "", "done": False})
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("compare: unexpected error")

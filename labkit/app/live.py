@@ -46,11 +46,9 @@ class LiveTab:
             if loading:
                 yield LiveUpdate(status=loading)
             session = visitor.session(self.pool, req.model)
-            self._supports(req.method, session.lm)
-            m, _, run_cfg = session.prepare(req.method, req.prompt, max_new_tokens=req.max_new_tokens,
-                                            sampling=req.sampling, chat=req.chat, params=req.params)
-            gen = session.stream(m, req.prompt, max_new_tokens=req.max_new_tokens, sampling=req.sampling,
-                                 chat=req.chat, should_stop=stop.is_set)
+            started = session.start(req.method, req.prompt, max_new_tokens=req.max_new_tokens, sampling=req.sampling,
+                                    chat=req.chat, params=req.params, should_stop=stop.is_set)
+            gen, run_cfg = started.steps, started.config
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("live: unexpected error")

@@ -66,13 +66,10 @@ class SparsityTab:
             if loading:
                 yield SparsityUpdate(status=loading)
             session = visitor.session(self.pool, req.model)
-            self._supports(req.method, session.lm)
-            opts = sparsity.Options(policy=name, params=params)
-            m, _, run_cfg = session.prepare(req.method, req.prompt, max_new_tokens=req.max_new_tokens,
-                                            sampling=req.sampling, chat=req.chat)
-            run_cfg = {**run_cfg, "sparsity": sparsity.describe(opts)}
-            gen = session.stream(m, req.prompt, max_new_tokens=req.max_new_tokens, sampling=req.sampling,
-                                 chat=req.chat, should_stop=stop.is_set, sparsity=opts)
+            started = session.start(req.method, req.prompt, max_new_tokens=req.max_new_tokens,
+                                    sampling=req.sampling, chat=req.chat, should_stop=stop.is_set,
+                                    sparsity=sparsity.Options(policy=name, params=params))
+            gen, run_cfg = started.steps, started.config
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("sparsity: unexpected error")

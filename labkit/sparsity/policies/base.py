@@ -59,7 +59,3 @@ class Policy:
             return self.name
         args = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.params).items())
         return f"{self.name}({args})"
-
-
-def budget_covers(past: int, budget: int) -> bool:
-    return past <= budget
