@@ -199,8 +199,7 @@ class LiveView:
         self.draws = 0
         self._last_draw = float("-inf")
         self.method = method if isinstance(method, str) else getattr(method, "name", None)
-        cls = registry.REGISTRY.get(self.method) if self.method else None
-        self.autoregressive = cls is not None and cls.kind != "speculative"
+        self.autoregressive = registry.own_tokens_only(self.method)
         started = self.session.start(method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, chat=chat,
                                      params=params, trace=trace, should_stop=lambda: self._stop)
         lm = self.session.lm
@@ -293,8 +292,7 @@ class LiveView:
         else:
             events = list(trace)
         view.method = view.config.get("method")
-        c = registry.REGISTRY.get(view.method) if view.method else None
-        view.autoregressive = c is not None and c.kind != "speculative"
+        view.autoregressive = registry.own_tokens_only(view.method)
         view.events = events
         view.steps = [e for e in events if isinstance(e, Step)]
         view.stop_button.layout.display = "none"

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import pytest
 
-from labkit import metrics, stream, tree, views
+from labkit import methods, metrics, stream, tree, views
 from labkit.trace import ACCEPTED, NOT_REACHED, REJECTED, Node, Step, Timing
 
 
@@ -470,3 +470,20 @@ def test_decisions_rows_and_showcase_for_a_rejection():
                [1, 2, 3, 9])
     assert views.showcase_step([STEP, clean]) is clean  # most accepted
     assert views.showcase_step([STEP, clean], rejection=True) is STEP  # both accepted and rejected
+
+
+def test_one_provenance_rule_for_every_view(tiny):
+    """A strategy's or the baseline's tokens are the target's own (grey), a speculative method's are drafts or
+    bonus tokens, wherever they are drawn: the stream, its HTML and the side-by-side strip agree."""
+    from labkit.session import Session
+
+    lab = Session(lm=tiny("llama"))
+    runs = {name: lab.run(name, "w1 w2 w3 w1 w2", max_new_tokens=6, chat=False)
+            for name in ("autoregressive", "greedy", "prompt_lookup")}
+    for name, run in runs.items():
+        own = methods.own_tokens_only(name)
+        assert own == (name != "prompt_lookup")
+        html = views.token_stream_html(run)
+        assert ("lk-autoregressive" in html) == own and ("lk-bonus" in html) == (not own)
+    strip = views.side_by_side(runs).data[0]
+    assert strip.marker.color[1] == views.PROVENANCE_COLORS["autoregressive"]

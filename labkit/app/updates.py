@@ -38,9 +38,8 @@ FIGURES = Figures()
 
 
 def stream_html(steps: list[Step], method: str | None = None, note: bool = True) -> str:
-    """The coloured token stream; a baseline's tokens are the target's own, shown as autoregressive tokens."""
-    baseline = method in methods.REGISTRY and methods.get(method).kind == "baseline"
-    return views.token_stream_html(steps, autoregressive=baseline, note=note)
+    """The coloured token stream, provenance by `methods.own_tokens_only`."""
+    return views.token_stream_html(steps, autoregressive=methods.own_tokens_only(method), note=note)
 
 
 # ---- metrics text -----------------------------------------------------------------------------------------

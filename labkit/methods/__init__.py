@@ -52,10 +52,18 @@ def create(name: str, lm, params: dict[str, Any] | None = None) -> Method:
     return cls(lm, build(cls.Params, params))
 
 
+def own_tokens_only(name: str | None) -> bool:
+    """The one provenance rule: a method that commits only the target's own choices, with no draft (the
+    baseline and the decoding strategies), shows its tokens as autoregressive; a speculative method's tokens are
+    accepted drafts or bonus tokens. Unknown names (e.g. a label) count as speculative."""
+    cls = REGISTRY.get(name or "")
+    return cls is not None and cls.kind != "speculative"
+
+
 def info(name: str) -> dict:
     cls = get(name)
     return {"name": cls.name, "title": cls.title, "paper": cls.paper, "lossless": cls.lossless,
             "kind": cls.kind, "params": describe(cls.Params), "example": cls.example}
 
 
-__all__ = ["REGISTRY", "get", "create", "info", "Method"]
+__all__ = ["REGISTRY", "get", "create", "info", "own_tokens_only", "Method"]

@@ -43,6 +43,9 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
     predicts for the rounds the method ran (`sizing.expected_speedup`). tokens/s is one wall-clock sample and
     says so. `partial=True` while the runs are still streaming (or after a stop): only positions every run has
     produced are compared."""
+    from ..methods import own_tokens_only
+
+    own = {k: own_tokens_only((getattr(v, "config", None) or {}).get("method") or k) for k, v in runs.items()}
     runs = {k: steps_of(v) for k, v in runs.items()}
     labels = list(runs)
     verdict = compare_outputs(runs, partial=partial)
@@ -58,7 +61,7 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
     ylabels = {k: f"{k}" for k in labels}
     ref_tokens = [t for s in runs[labels[0]] for t in s.tokens] if labels else []
     for j, k in enumerate(labels):
-        spans = ST.spans(runs[k], autoregressive=(mets[k].drafted == 0))
+        spans = ST.spans(runs[k], autoregressive=own[k])
         color = METHOD_COLORS[j % len(METHOD_COLORS)]
         fig.add_trace(go.Scatter(
             x=list(range(len(spans))), y=[ylabels[k]] * len(spans), mode="markers",

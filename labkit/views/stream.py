@@ -27,10 +27,20 @@ def _stream_title(steps: list[Step], autoregressive: bool) -> str:
             f"mean acceptance length {m.mean_accept_len:.2f}")
 
 
-def token_stream(steps: Iterable[Any], *, autoregressive: bool = False, width_chars: int = 96) -> go.Figure:
+def _own(steps: Any, autoregressive: bool | None) -> bool:
+    """The provenance rule (`methods.own_tokens_only`) for a Run or trace that names its method; explicit wins."""
+    if autoregressive is not None:
+        return autoregressive
+    from ..methods import own_tokens_only
+
+    return own_tokens_only((getattr(steps, "config", None) or {}).get("method"))
+
+
+def token_stream(steps: Iterable[Any], *, autoregressive: bool | None = None, width_chars: int = 96) -> go.Figure:
     """The generated text, every token on a background coloured by provenance (accepted draft, bonus, plain
     autoregressive, prefill); hover a token for its step. `autoregressive=True` labels target tokens as plain
-    autoregressive tokens (for the baseline)."""
+    autoregressive tokens (default: decided from a Run's or trace's method by `methods.own_tokens_only`)."""
+    autoregressive = _own(steps, autoregressive)
     steps = steps_of(steps)
     spans = ST.spans(steps, autoregressive=autoregressive)
     # lay the text out in lines of `width_chars` monospace columns; newlines start a new line
@@ -97,10 +107,11 @@ def plain_text(steps: Iterable[Any]) -> str:
     return text
 
 
-def token_stream_html(steps: Iterable[Any], *, autoregressive: bool = False, note: bool = True) -> str:
+def token_stream_html(steps: Iterable[Any], *, autoregressive: bool | None = None, note: bool = True) -> str:
     """The token stream as self-contained HTML: one <span> per token with a background colour by provenance
     and a title attribute (the hover), a legend, and (`note`) how mean acceptance length is counted; streams
     shown side by side leave the note to their page, which says it once."""
+    autoregressive = _own(steps, autoregressive)
     steps = steps_of(steps)
     spans = ST.spans(steps, autoregressive=autoregressive)
     out = ['<div class="labkit-stream" style="font-family:DejaVu Sans Mono,Menlo,Consolas,monospace;'
