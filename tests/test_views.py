@@ -487,3 +487,30 @@ def test_one_provenance_rule_for_every_view(tiny):
         assert ("lk-autoregressive" in html) == own and ("lk-bonus" in html) == (not own)
     strip = views.side_by_side(runs).data[0]
     assert strip.marker.color[1] == views.PROVENANCE_COLORS["autoregressive"]
+
+
+@pytest.mark.parametrize("name", list(methods.REGISTRY))
+def test_every_view_draws_every_methods_steps(tiny, name):
+    """Registry-wide: the tree, the mask, the method state, the stream and the statistics draw every Step every
+    method yields (a view that breaks for one method fails here, not at draw time in the app), and a method that
+    declares state keys carries them in every decode round."""
+    from labkit.session import Session
+
+    cls = methods.get(name)
+    lm = tiny("llama")
+    if cls.supports(lm) is not None:
+        pytest.skip(cls.supports(lm))
+    run = Session(lm=lm).run(name, "w1 w2 w3 w1 w2 w3 w1", max_new_tokens=10, chat=False)
+    for step in run.steps:
+        views.draft_tree(step)
+        fig = views.method_state(step, name)
+        if step.kind == "decode":
+            assert set(cls.state_keys) <= set(step.state), f"step {step.index} lacks {set(cls.state_keys)}"
+            if cls.state_keys:
+                assert fig.layout.meta["method"] == name  # the method's own view, not the generic table
+            if step.nodes:
+                views.tree_mask(step)
+                views.kv_compaction(step)
+    views.token_stream_html(run)
+    views.token_stream(run)
+    views.acceptance_stats(run)

@@ -84,6 +84,8 @@ class TrigramMatrix:
 
 class Aded(Method):
     name = "aded"
+    # what every decode round's Step.state carries (views.method_state draws them; a test checks each round)
+    state_keys = ('rows', 'branches', 'simulations')
     title = "ADED (adaptive tri-gram drafts, MCTS-style tree)"
     paper = ("Liu, Lei, Zhang, Xu 2024, Adaptive Draft-Verification for Efficient Large Language Model Decoding "
              "(arXiv:2407.12021, AAAI 2025)")

@@ -96,6 +96,8 @@ def rejection_per_node(parents, tokens, p: torch.Tensor, q: torch.Tensor, genera
 
 class Lookahead(Method):
     name = "lookahead"
+    # what every decode round's Step.state carries (views.method_state draws them; a test checks each round)
+    state_keys = ('window', 'pool_size', 'candidates')
     title = "Lookahead decoding (Jacobi n-gram pool; SJD acceptance when sampling)"
     paper = ("Fu, Bailis, Stoica, Zhang 2024, Break the Sequential Dependency of LLM Inference Using Lookahead "
              "Decoding (ICML, arXiv:2402.02057); Teng et al. 2024, Accelerating Auto-regressive Text-to-Image "

@@ -54,6 +54,8 @@ def initial_skip(n_layers: int, k: int) -> frozenset[int]:
 
 class Swift(Method):
     name = "swift"
+    # what every decode round's Step.state carries (views.method_state draws them; a test checks each round)
+    state_keys = ('skip', 'skipped', 'phase')
     title = "SWIFT (self-speculation by layer skipping)"
     paper = ("Xia et al. 2024, SWIFT: On-the-Fly Self-Speculative Decoding for LLM Inference Acceleration "
              "(arXiv:2410.06916, ICLR 2025)")

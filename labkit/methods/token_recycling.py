@@ -73,6 +73,8 @@ class _Template:
 
 class TokenRecycling(Method):
     name = "token_recycling"
+    # what every decode round's Step.state carries (views.method_state draws them; a test checks each round)
+    state_keys = ('rows_read', 'matrix_rows_known')
     title = "Token Recycling"
     paper = "Luo et al. 2024, Turning Trash into Treasure: Token Recycling (arXiv:2408.08696, ACL 2025)"
     lossless = True

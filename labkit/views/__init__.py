@@ -65,7 +65,6 @@ from .stats import (  # noqa: F401
 )
 from .method_state import (  # noqa: F401
     STATE_VIEWS,
-    STATE_KEYS,
     register_state_view,
     token_recycling_state,
     aded_state,
@@ -130,7 +129,6 @@ __all__ = [
     'state_timeline',
     'session_warmup',
     'STATE_VIEWS',
-    'STATE_KEYS',
     'register_state_view',
     'token_recycling_state',
     'aded_state',

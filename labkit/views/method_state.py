@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -14,15 +14,20 @@ from .style import STATUS_COLORS, STATUS_LABELS, _category_scale, _esc, show_tok
 # ---- method state ----------------------------------------------------------------------------------
 
 STATE_VIEWS: dict[str, Callable[..., go.Figure]] = {}
-STATE_KEYS: dict[str, frozenset[str]] = {}  # keys that identify a method's Step.state (for method=None)
 
 
-def register_state_view(name: str, fn: Callable[..., go.Figure], keys: Iterable[str] = ()) -> None:
-    """Register `fn(step, token_text=None) -> Figure` as the renderer of method `name`'s Step.state. `keys`
-    (optional) identify that method's state when `method_state` is called without a method name."""
+def _state_keys(name: str) -> frozenset[str]:
+    """The keys method `name` declares for its Step.state (`Method.state_keys`, next to the method)."""
+    from ..methods import REGISTRY
+
+    cls = REGISTRY.get(name)
+    return frozenset(cls.state_keys) if cls is not None else frozenset()
+
+
+def register_state_view(name: str, fn: Callable[..., go.Figure]) -> None:
+    """Register `fn(step, token_text=None) -> Figure` as the renderer of method `name`'s Step.state (the keys it
+    reads are the ones the method declares in `state_keys`)."""
     STATE_VIEWS[name] = fn
-    if keys:
-        STATE_KEYS[name] = frozenset(keys)
 
 
 def _as_token_text(token_text: Any) -> Callable[[int], str] | None:
@@ -112,7 +117,7 @@ def token_recycling_state(step: Step, token_text: Callable[[int], str] | None = 
     return fig
 
 
-register_state_view("token_recycling", token_recycling_state, keys=("rows_read", "matrix_rows_known"))
+register_state_view("token_recycling", token_recycling_state)
 
 def _drafted_status(step: Step) -> dict[tuple[int, int], str]:
     """(parent token, token) -> what the target did with a drafted node there (accepted wins over others)."""
@@ -184,7 +189,7 @@ def aded_state(step: Step, token_text: Callable[[int], str] | None = None) -> go
     return fig
 
 
-register_state_view("aded", aded_state, keys=("rows", "branches", "simulations"))
+register_state_view("aded", aded_state)
 
 
 def lookahead_state(step: Step, token_text: Callable[[int], str] | None = None) -> go.Figure:
@@ -235,7 +240,7 @@ def lookahead_state(step: Step, token_text: Callable[[int], str] | None = None) 
     return fig
 
 
-register_state_view("lookahead", lookahead_state, keys=("window", "pool_size", "candidates"))
+register_state_view("lookahead", lookahead_state)
 
 
 def swift_state(step: Step, token_text: Callable[[int], str] | None = None) -> go.Figure:
@@ -264,7 +269,7 @@ def swift_state(step: Step, token_text: Callable[[int], str] | None = None) -> g
     return fig
 
 
-register_state_view("swift", swift_state, keys=("skip", "skipped", "phase"))
+register_state_view("swift", swift_state)
 
 
 def _is_matrix(v: Any) -> bool:
@@ -301,9 +306,11 @@ def generic_state(step: Step, token_text: Callable[[int], str] | None = None, *,
 
 
 def detect_method(step: Step) -> str | None:
+    """The registered method whose declared state keys the step's state carries (for method=None)."""
     keys = set(step.state or {})
-    for name, want in STATE_KEYS.items():
-        if want <= keys:
+    for name in STATE_VIEWS:
+        want = _state_keys(name)
+        if want and want <= keys:
             return name
     return None
 
@@ -316,6 +323,7 @@ def method_state(step: Step, method: str | None = None, *, token_text: Any = Non
         raise TypeError(f"method_state takes a Step, got {type(step).__name__}")
     name = method or detect_method(step)
     fn = STATE_VIEWS.get(name) if name else None
-    if fn is not None:
+    # a round without the method's declared state (the prefill) gets the generic table
+    if fn is not None and _state_keys(name) <= set(step.state or {}):
         return fn(step, token_text=_as_token_text(token_text))
     return generic_state(step, token_text, title=f"Step {step.index}: {name or 'method'} state")
