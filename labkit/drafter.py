@@ -28,6 +28,7 @@ import torch
 
 from . import backends
 from . import sampling as S
+from . import tree as T
 from .engine import Method
 from .models import LM, cache_kwargs, load, load_tokenizer
 from .params import ParamError, param, parse_self_spec
@@ -121,26 +122,15 @@ def same_tokenizer(lm: LM, draft: LM, spec: str) -> LM:
     return draft
 
 
-def _sliding_window(config) -> int | None:
-    types = getattr(config, "layer_types", None) or []
-    window = getattr(config, "sliding_window", None)
-    return int(window) if window and "sliding_attention" in types else None
-
-
 def slot_mask(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *, dtype: torch.dtype,
               device, window: int | None):
     """Additive 4D mask [1, 1, m, K] from a bool `allowed` [m, K] (query may see key), plus a per-layer-type
     dict when the model has sliding-window layers (keys `window` or more positions back are hidden there)."""
-    def additive(ok: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(ok.shape, dtype=dtype)
-        mask.masked_fill_(~ok, torch.finfo(dtype).min)
-        return mask[None, None].to(device)
-
-    full = additive(allowed)
+    full = T.additive_mask(allowed, dtype=dtype, device=device)
     if window is None:
         return full
-    near = (q_pos[:, None] - k_pos[None, :]) < window
-    return {"full_attention": full, "sliding_attention": additive(allowed & near)}
+    near = T.within_window(q_pos, k_pos, window)
+    return {"full_attention": full, "sliding_attention": T.additive_mask(allowed & near, dtype=dtype, device=device)}
 
 
 class TreeDrafter:
@@ -148,7 +138,7 @@ class TreeDrafter:
 
     def __init__(self, lm: LM):
         self.lm = lm
-        self.window = _sliding_window(lm.config)
+        self.window = T.sliding_window(lm.config)
         self.reset()
 
     def reset(self) -> None:

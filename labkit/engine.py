@@ -158,12 +158,6 @@ class Method:
 
 # ---- the target side: KV cache and forwards --------------------------------------------------------
 
-def _sliding_window(config) -> int | None:
-    types = getattr(config, "layer_types", None) or []
-    window = getattr(config, "sliding_window", None)
-    return int(window) if window and "sliding_attention" in types else None
-
-
 class Target:
     """Owns the target model's KV cache for one generation."""
 
@@ -174,7 +168,7 @@ class Target:
         self.model = lm.model
         self.cache = new_cache(lm.model)  # grows in place on the fast path
         self.kv_len = 0
-        self.window = _sliding_window(lm.config)
+        self.window = T.sliding_window(lm.config)
         self._keep_arg = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._blocks: dict[tuple[int, ...], torch.Tensor] = {}  # tree part of the mask, per tree shape
         self.device, self.dtype = lm.device, lm.dtype  # looked up once: the properties walk the parameters

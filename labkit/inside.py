@@ -24,8 +24,7 @@ def verify_by_hand(lm: LM, prompt_ids: list[int], steps: list[Step], step: Step)
     `run.config["prompt_ids"]`, `run.steps`)."""
     import pandas as pd
 
-    if getattr(lm.config, "sliding_window", None) and "sliding_attention" in (getattr(lm.config, "layer_types", None)
-                                                                             or ()):
+    if T.sliding_window(lm.config) is not None:
         raise ValueError("verify_by_hand draws one mask for every layer; this model has sliding-window layers")
     before = [t for s in steps[: steps.index(step)] for t in s.tokens]
     context = list(prompt_ids) + before  # its last token is the round's root, not yet in the KV cache
@@ -35,12 +34,11 @@ def verify_by_hand(lm: LM, prompt_ids: list[int], steps: list[Step], step: Step)
     past = len(context) - 1
     ids = context + [n.token for n in step.nodes]
     positions = list(range(past)) + T.position_ids(parents, past)
-    mask = T.attention_mask(parents, past, dtype=lm.dtype, device=lm.device)  # [1, 1, n + 1, past + n + 1]
-    full = torch.zeros(1, 1, len(ids), len(ids), dtype=lm.dtype, device=lm.device)
-    full[..., :past, :past] = torch.triu(torch.full((past, past), torch.finfo(lm.dtype).min, dtype=lm.dtype,
-                                                    device=lm.device), diagonal=1)  # the prefix: causal
-    full[..., :past, past:] = torch.finfo(lm.dtype).min
-    full[..., past:, :] = mask[..., :, :]
+    # who may see whom, [context + tree] x [context + tree]: the prefix is causal, and each tree query sees the
+    # prefix and its own ancestors (tree.ancestor_mask); one additive mask for every layer
+    allowed = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+    allowed[past:, past:] = T.ancestor_mask(parents)
+    full = T.additive_mask(allowed, dtype=lm.dtype, device=lm.device)
     with torch.inference_mode():
         logits = lm.model(input_ids=torch.tensor([ids], device=lm.device),
                           position_ids=torch.tensor([positions], device=lm.device), attention_mask=full).logits[0]

@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from . import tree as T
 from .models import LM, cache_kwargs
 
 FULL = "full_attention"
@@ -103,10 +104,8 @@ class LayerStack:
         allowed[:, :start] = True
         allowed[:, have:] = torch.ones(q, q, dtype=torch.bool).tril()
         if window is not None:
-            allowed &= (q_pos[:, None] - k_pos[None, :]) < window
-        mask = torch.zeros(allowed.shape, dtype=self.dtype)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        return mask[None, None].to(self.device)
+            allowed &= T.within_window(q_pos, k_pos, window)
+        return T.additive_mask(allowed, dtype=self.dtype, device=self.device)
 
     @torch.inference_mode()
     def run(self, cache, ids: Sequence[int], start: int, layers: Sequence[int],

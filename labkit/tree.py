@@ -78,6 +78,27 @@ def position_ids(parents: Sequence[int], start: int) -> list[int]:
     return [start] + [start + d for d in depths(parents)]
 
 
+def sliding_window(config) -> int | None:
+    """The window of a model whose layer types include sliding-window attention (Gemma-3), else None."""
+    types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window and "sliding_attention" in types else None
+
+
+def within_window(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """The sliding-window rule, [m, K] bool: a query sees keys less than `window` positions behind it."""
+    return (q_pos[:, None] - k_pos[None, :]) < window
+
+
+def additive_mask(allowed: torch.Tensor, *, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """The additive 4D mask [1, 1, m, K] a Hugging Face model takes, from a bool [m, K] (query may see key): 0
+    where allowed, the dtype's minimum elsewhere. labkit's one builder of such masks."""
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None].to(device)
+
+
 def attention_mask(parents: Sequence[int], past: int, *, dtype: torch.dtype = torch.float32,
                    device: torch.device | str = "cpu", window: int | None = None) -> torch.Tensor:
     """Additive 4D mask [1, 1, n+1, past+n+1]: 0 where a query may attend, the dtype's minimum elsewhere.
@@ -90,11 +111,8 @@ def attention_mask(parents: Sequence[int], past: int, *, dtype: torch.dtype = to
     allowed[:, past:] = ancestor_mask(parents)
     if window is not None:
         q_pos = torch.tensor(position_ids(parents, past))
-        k_pos = torch.cat([torch.arange(past), q_pos])
-        allowed &= (q_pos[:, None] - k_pos[None, :]) < window
-    mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None].to(device)
+        allowed &= within_window(q_pos, torch.cat([torch.arange(past), q_pos]), window)
+    return additive_mask(allowed, dtype=dtype, device=device)
 
 
 # ---- static templates ------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..drafter import _sliding_window, slot_mask
+from .. import tree as T
+from ..drafter import slot_mask
 from ..engine import Detokenizer, Method
 from ..models import cache_kwargs
 from ..params import param
@@ -70,7 +71,7 @@ class ContrastiveSearch(Method):
 
         lm, P = self.lm, self.params
         cache = DynamicCache()
-        window = _sliding_window(lm.config)
+        window = T.sliding_window(lm.config)
         detok = Detokenizer(lm, prompt[-4:])
         eos = lm.eos_ids
         label = (lambda t: lm.token_texts([t])[0]) if detail else str
