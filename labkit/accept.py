@@ -255,6 +255,42 @@ def spectr_tree(parents: Sequence[int], tokens: Sequence[int], k: int, p: torch.
     return Outcome(path, bonus, how, decisions)
 
 
+# ---- lookahead: one draft distribution per node ------------------------------------------------------
+#
+# Fu et al., "Break the Sequential Dependency of LLM Inference Using Lookahead Decoding", ICML 2024: the
+# n-gram pool and the Jacobi window propose nodes whose draft distributions differ from node to node.
+
+def rejection_per_node(parents, tokens, p: torch.Tensor, q: torch.Tensor, generator: torch.Generator) -> Outcome:
+    """Recursive rejection sampling down a tree where every node has its own draft distribution `q[i]`
+    (one-hot for deterministic drafts). Children are tried in order: accept x with probability
+    min(1, p(x)/q_i(x)), else p <- norm(max(0, p - q_i)); if all fail, the bonus is drawn from the last p.
+    Exact when each node is an independent draw from its q_i given everything tried before it."""
+    kids = T.children(parents)
+    decisions = [Decision() for _ in parents]
+    path: list[int] = []
+    pos = 0
+    while True:
+        p_cur = p[pos]
+        nxt = None
+        for c in kids[pos]:
+            x = tokens[c]
+            qx, px = float(q[c, x]), float(p_cur[x])
+            ratio = px / qx if qx > 0 else 0.0
+            u = float(torch.rand((), generator=generator, device=p.device))
+            if u < ratio:
+                decisions[c] = Decision(ACCEPTED, f"u={u:.2f} < p/q={ratio:.2f}", min(1.0, ratio), u)
+                nxt = c
+                break
+            decisions[c] = Decision(REJECTED, f"u={u:.2f} >= p/q={ratio:.2f}", min(1.0, ratio), u)
+            p_cur = residual(p_cur, q[c].to(p_cur.device))
+        if nxt is None:
+            _mark_unreached(decisions, parents)
+            bonus = int(torch.multinomial(p_cur, 1, generator=generator))
+            return Outcome(path, bonus, BONUS_RESIDUAL if kids[pos] else BONUS_SAMPLED, decisions)
+        path.append(nxt)
+        pos = nxt + 1
+
+
 # ---- lossy: typical acceptance (Medusa) -------------------------------------------------------------
 #
 # Cai et al., "Medusa: Simple LLM Inference Acceleration Framework with Multiple Decoding Heads", ICML 2024

@@ -16,7 +16,8 @@ from labkit.layers import LayerStack, scratch
 from labkit.methods.aded import Aded, AdedParams, TrigramMatrix
 from labkit.methods.copy_spec import CopySpec, SpanIndex
 from labkit.methods.early_exit import EarlyExit, candidate_exits, expected_tokens
-from labkit.methods.lookahead import Lookahead, LookaheadParams, rejection_per_node
+from labkit.accept import rejection_per_node
+from labkit.methods.lookahead import Lookahead, LookaheadParams
 from labkit.methods.swift import Swift, SwiftParams, initial_skip
 
 ZOO = [Aded, Lookahead, CopySpec, Swift, EarlyExit]

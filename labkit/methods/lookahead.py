@@ -41,12 +41,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import accept as A
 from .. import sampling as S
-from .. import tree as T
-from ..accept import Decision, Outcome, residual
 from ..engine import Method, Proposal, Verified
 from ..params import param
-from ..trace import ACCEPTED, BONUS_RESIDUAL, BONUS_SAMPLED, NOT_REACHED, REJECTED
 
 
 @dataclass
@@ -58,40 +56,6 @@ class LookaheadParams:
                          lo=0, hi=32)
     pool_cap: int = param(8, "n-grams kept per first token (most recent first)", lo=1, hi=256)
     prompt_ngrams: bool = param(True, "also put the prompt's n-grams into the pool at the start of a generation")
-
-
-def rejection_per_node(parents, tokens, p: torch.Tensor, q: torch.Tensor, generator: torch.Generator) -> Outcome:
-    """Recursive rejection sampling down a tree where every node has its own draft distribution `q[i]`
-    (one-hot for deterministic drafts). Children are tried in order: accept x with probability
-    min(1, p(x)/q_i(x)), else p <- norm(max(0, p - q_i)); if all fail, the bonus is drawn from the last p.
-    Exact when each node is an independent draw from its q_i given everything tried before it."""
-    kids = T.children(parents)
-    decisions = [Decision() for _ in parents]
-    path: list[int] = []
-    pos = 0
-    while True:
-        p_cur = p[pos]
-        nxt = None
-        for c in kids[pos]:
-            x = tokens[c]
-            qx, px = float(q[c, x]), float(p_cur[x])
-            ratio = px / qx if qx > 0 else 0.0
-            u = float(torch.rand((), generator=generator, device=p.device))
-            if u < ratio:
-                decisions[c] = Decision(ACCEPTED, f"u={u:.2f} < p/q={ratio:.2f}", min(1.0, ratio), u)
-                nxt = c
-                break
-            decisions[c] = Decision(REJECTED, f"u={u:.2f} >= p/q={ratio:.2f}", min(1.0, ratio), u)
-            p_cur = residual(p_cur, q[c].to(p_cur.device))
-        if nxt is None:
-            for i, par in enumerate(parents):
-                if decisions[i].status == NOT_REACHED:
-                    ok = par < 0 or decisions[par].status == ACCEPTED
-                    decisions[i].reason = "a sibling was accepted first" if ok else "parent not accepted"
-            bonus = int(torch.multinomial(p_cur, 1, generator=generator))
-            return Outcome(path, bonus, BONUS_RESIDUAL if kids[pos] else BONUS_SAMPLED, decisions)
-        path.append(nxt)
-        pos = nxt + 1
 
 
 class Lookahead(Method):
@@ -195,7 +159,7 @@ class Lookahead(Method):
     def accept(self, prop, logits, sampling, generator, label):
         if sampling.greedy or prop.q is None:
             return super().accept(prop, logits, sampling, generator, label)
-        return rejection_per_node(prop.parents, prop.tokens, S.probs(logits, sampling), prop.q, generator)
+        return A.rejection_per_node(prop.parents, prop.tokens, S.probs(logits, sampling), prop.q, generator)
 
     # ---- Jacobi step, n-gram harvest, window shift --------------------------------------------------
 
