@@ -280,6 +280,23 @@ def _stop_at(tokens: list[int], eos: frozenset[int], budget: int) -> tuple[list[
     return out, ("length" if len(out) >= budget else "")
 
 
+def one_token_finished(tok: int, n: int, eos: frozenset[int], max_new_tokens: int) -> str:
+    """Why a generation that has just committed its n-th token `tok` ends ("eos", "length") or "" if it goes on."""
+    return "eos" if tok in eos else ("length" if n >= max_new_tokens else "")
+
+
+def token_step(index: int, root: int, tok: int, nodes, *, detail: bool, label: Callable[[int], str], text: str,
+               how: str, timing: Timing, kv_len: int, finished: str, state: dict, target_forwards: int = 1,
+               draft_forwards: int = 0) -> Step:
+    """The Step of a round that commits one token chosen among candidates (the decoding strategies: one node per
+    candidate, its status and reason saying how the choice fell, no accepted path). The strategies' one Step
+    builder; the speculative rounds are built by `decode`."""
+    return Step(index=index, kind="prefill" if index == 0 else "decode", root=root,
+                root_text=label(root) if detail else "", nodes=tuple(nodes), accepted=(), tokens=(tok,), text=text,
+                bonus=tok, bonus_text=label(tok) if detail else "", bonus_how=how, target_forwards=target_forwards,
+                draft_forwards=draft_forwards, timing=timing, kv_len=kv_len, finished=finished, state=state)
+
+
 def check_supported(method: "Method | type[Method]", lm: LM) -> None:
     """Raise ValueError with one clear line when `method` (an instance or a registered class) cannot run on `lm`."""
     reason = method.supports(lm)

@@ -23,10 +23,10 @@ import torch
 
 from .. import tree as T
 from ..drafter import slot_mask
-from ..engine import Detokenizer, Method
+from ..engine import Detokenizer, Method, one_token_finished, token_step
 from ..models import cache_kwargs
 from ..params import param
-from ..trace import ACCEPTED, REJECTED, Node, Step, Timing
+from ..trace import ACCEPTED, REJECTED, Node, Timing
 
 
 @dataclass
@@ -117,15 +117,13 @@ class ContrastiveSearch(Method):
                 nodes.append(Node(token=ids[i], parent=-1, depth=1, status=status,
                                   text=lm.token_texts([ids[i]])[0] if detail else "",
                                   target_prob=ps[i] if detail else None, reason=why if detail else ""))
-            finished = "eos" if tok in eos else ("length" if n >= max_new_tokens else "")
+            finished = one_token_finished(tok, n, eos, max_new_tokens)
             text = detok.push([tok])
             t3 = time.perf_counter()
-            yield Step(index=n - 1, kind="prefill" if n == 1 else "decode", root=root,
-                       root_text=label(root) if detail else "", nodes=tuple(nodes), accepted=(), tokens=(tok,),
-                       text=text, bonus=tok, bonus_text=label(tok) if detail else "", bonus_how="contrastive score",
-                       target_forwards=forwards, draft_forwards=0,
-                       timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t3 - t0), kv_len=kv, finished=finished,
-                       state={"penalty": round(pens[j], 4), "p": round(ps[j], 4), "alpha": P.alpha})
+            yield token_step(n - 1, root, tok, nodes, detail=detail, label=label, text=text, how="contrastive score",
+                             timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t3 - t0), kv_len=kv,
+                             finished=finished, target_forwards=forwards,
+                             state={"penalty": round(pens[j], 4), "p": round(ps[j], 4), "alpha": P.alpha})
             if finished or (should_stop is not None and should_stop()):
                 return
             t0, root, forwards = time.perf_counter(), tok, 0

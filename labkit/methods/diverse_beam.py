@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import Detokenizer, Method
+from ..engine import Detokenizer, Method, token_step
 from ..models import cache_kwargs
 from ..params import ParamError, param
-from ..trace import ACCEPTED, REJECTED, Node, Step, Timing
+from ..trace import ACCEPTED, REJECTED, Node, Timing
 
 
 @dataclass
@@ -164,15 +164,11 @@ class DiverseBeamSearch(Method):
                                                  "final hypothesis")) if detail else ""))
             last = t + 1 == len(tokens)
             finished = ("eos" if tok in lm.eos_ids else "length" if t + 1 >= max_new_tokens else "stopped") if last else ""
-            yield Step(index=t, kind="prefill" if t == 0 else "decode", root=root,
-                       root_text=label(root) if detail else "", nodes=tuple(nodes), accepted=(), tokens=(tok,),
-                       text=detok.push([tok]), bonus=tok, bonus_text=label(tok) if detail else "",
-                       bonus_how="beam search", target_forwards=1, draft_forwards=0,
-                       timing=Timing(verify=seconds[t] if t < len(seconds) else 0.0,
-                                     total=total / len(tokens)),
-                       kv_len=len(prompt) + t, finished=finished,
-                       state={"beams": P.beams, "groups": P.groups, "group_size": g,
-                              "winner_group": history[t][lineage[t]].group})
+            yield token_step(t, root, tok, nodes, detail=detail, label=label, text=detok.push([tok]), how="beam search",
+                             timing=Timing(verify=seconds[t] if t < len(seconds) else 0.0, total=total / len(tokens)),
+                             kv_len=len(prompt) + t, finished=finished,
+                             state={"beams": P.beams, "groups": P.groups, "group_size": g,
+                                    "winner_group": history[t][lineage[t]].group})
             root = tok
 
     def describe(self) -> str:

@@ -23,9 +23,9 @@ import torch
 
 from .. import sampling as S
 from ..drafter import TreeDrafter, draft_param, resolve_draft
-from ..engine import Detokenizer, Method
+from ..engine import Detokenizer, Method, one_token_finished, token_step
 from ..params import param
-from ..trace import ACCEPTED, BONUS_ARGMAX, BONUS_SAMPLED, REJECTED, Step, Timing
+from ..trace import ACCEPTED, BONUS_ARGMAX, BONUS_SAMPLED, REJECTED, Timing
 from .strategies import candidate_nodes, inverse_cdf
 
 
@@ -104,20 +104,18 @@ class EntropyAdaptive(Method):
                        f"p={pt:.3f} under the {active} model" for t, pt in zip(cands, pc)]
             statuses = [ACCEPTED if t == tok else REJECTED for t in cands]
             seq.append(tok)
-            finished = "eos" if tok in eos else ("length" if n >= max_new_tokens else "")
+            finished = one_token_finished(tok, n, eos, max_new_tokens)
             t3 = time.perf_counter()
             state = {"model": active, "entropy": round(h, 4), "rolling_entropy": round(rolling, 4)}
             if switch:
                 state["switch"] = switch
             if large_forwards:
                 state["large_caught_up"] = missing
-            yield Step(index=n - 1, kind="prefill" if n == 1 else "decode", root=seq[-2],
-                       root_text=label(seq[-2]) if detail else "",
-                       nodes=candidate_nodes(lm, cands, pc, statuses, reasons, detail), accepted=(), tokens=(tok,),
-                       text=detok.push([tok]), bonus=tok, bonus_text=label(tok) if detail else "", bonus_how=how,
-                       target_forwards=large_forwards, draft_forwards=1,
-                       timing=Timing(draft=t1 - t0, verify=t2 - t1, accept=t3 - t2, total=t3 - t0),
-                       kv_len=len(self.large.fed), finished=finished, state=state)
+            yield token_step(n - 1, seq[-2], tok, candidate_nodes(lm, cands, pc, statuses, reasons, detail),
+                             detail=detail, label=label, text=detok.push([tok]), how=how,
+                             timing=Timing(draft=t1 - t0, verify=t2 - t1, accept=t3 - t2, total=t3 - t0),
+                             kv_len=len(self.large.fed), finished=finished, state=state,
+                             target_forwards=large_forwards, draft_forwards=1)
             if finished or (should_stop is not None and should_stop()):
                 return
 

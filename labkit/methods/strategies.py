@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import sampling as S
-from ..engine import Detokenizer, Method, Target
+from ..engine import Detokenizer, Method, Target, one_token_finished, token_step
 from ..params import param
-from ..trace import ACCEPTED, BONUS_ARGMAX, BONUS_SAMPLED, NOT_REACHED, REJECTED, Node, Step, Timing
+from ..trace import ACCEPTED, BONUS_ARGMAX, BONUS_SAMPLED, NOT_REACHED, REJECTED, Node, Timing
 
 
 def inverse_cdf(p: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
@@ -112,17 +112,15 @@ class TokenByToken(Method):
             tok, cands, pc, statuses, reasons, how, state = self.choose(logits, cfg, generator, label)
             t2 = time.perf_counter()
             n += 1
-            finished = "eos" if tok in eos else ("length" if n >= max_new_tokens else "")
+            finished = one_token_finished(tok, n, eos, max_new_tokens)
             text = detok.push([tok])
             nodes = candidate_nodes(lm, cands, pc, statuses, reasons, detail)
             if n == 1:
                 state = {"config": cfg.describe(), **state}
             t3 = time.perf_counter()
-            yield Step(index=n - 1, kind="prefill" if n == 1 else "decode", root=root,
-                       root_text=label(root) if detail else "", nodes=nodes, accepted=(), tokens=(tok,), text=text,
-                       bonus=tok, bonus_text=label(tok) if detail else "", bonus_how=how, target_forwards=1,
-                       draft_forwards=0, timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t3 - t0),
-                       kv_len=target.kv_len, finished=finished, state=state)
+            yield token_step(n - 1, root, tok, nodes, detail=detail, label=label, text=text, how=how,
+                             timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t3 - t0), kv_len=target.kv_len,
+                             finished=finished, state=state)
             if finished or (should_stop is not None and should_stop()):
                 return
             t0 = time.perf_counter()
