@@ -346,7 +346,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     method.target = target
     method.start(prompt, sampling)
 
-    # prefill
+    # 0. prefill: read the prompt, let the method see the logits it asked for, pick the first token
     t0 = time.perf_counter()
     want = min(method.prompt_positions(), len(prompt))
     logits = target.prefill(prompt, keep=want)
@@ -362,7 +362,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
         first, how = A.sample(S.probs(logits, sampling), gen), BONUS_SAMPLED
     seq = list(prompt) + [first]
     n_new = 1
-    finished = "eos" if first in eos else ("length" if n_new >= max_new_tokens else "")
+    finished = one_token_finished(first, n_new, eos, max_new_tokens)
     text = detok.push([first])
     t2 = time.perf_counter()
     yield Step(index=0, kind="prefill", root=prompt[-1], root_text=label(prompt[-1]) if detail else "",
@@ -375,6 +375,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     while not finished:
         if should_stop is not None and should_stop():
             return
+        # 1. propose: the method drafts a tree under the last committed token (the root)
         t0 = time.perf_counter()
         root = seq[-1]
         prop = method.propose(seq, sampling, gen)
@@ -382,12 +383,15 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
         if len(prop.tokens) > budget_nodes:
             prop = _truncate(prop, max(budget_nodes, 0))
         sync()
+        # 2. verify: one target forward over the root and every drafted node (4D tree mask, position ids)
         t1 = time.perf_counter()
         logits = target.verify(root, prop.tokens, prop.parents)
         sync()
+        # 3. accept: the method's acceptance rule walks the tree; the path and the bonus token come out
         t2 = time.perf_counter()
         out = method.accept(prop, logits, sampling, gen, label)
         sync()
+        # 4. commit: keep the accepted path's KV entries, let the method learn, cut at EOS / the token budget
         t3 = time.perf_counter()
         target.commit(len(prop.tokens), out.path)
         state = dict(prop.state)
@@ -397,6 +401,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
         seq.extend(kept)
         n_new += len(kept)
         text = detok.push(kept)
+        # 5. record: the round as a Step (nodes with their decisions and, with detail, texts and probabilities)
         t4 = time.perf_counter()
         nodes = _nodes(lm, prop, out, logits, sampling, detail)
         t5 = time.perf_counter()
