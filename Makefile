@@ -6,9 +6,10 @@ PYTHON ?= python3
 demo: install
 	$(PYTHON) -m labkit.cli demo
 
-# one pytest worker per core (TEST_JOBS=1 runs them in one process); browser tests share one worker
+# the linter (pyproject.toml [tool.ruff]), then one pytest worker per core (TEST_JOBS=1 runs them in one process); browser tests share one worker
 TEST_JOBS ?= 2
 test: install-test
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q -n $(TEST_JOBS) --dist loadgroup
 
 install:

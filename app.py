@@ -21,6 +21,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from labkit import app as H  # noqa: E402
+from labkit.app.components import CheckboxGroup, Dropdown, Number, Radio, Slider, max_new_box  # noqa: E402
 from labkit.bench import CATEGORIES  # noqa: E402
 
 # System fonts only: the default themes load Google Fonts, and the app must work offline.
@@ -57,52 +58,6 @@ INTRO = ("# labkit: watch fast decoding happen\n"
          "the target verifies the whole tree in one forward pass, and the accepted path plus one bonus token are "
          "committed. In the token stream, **green** = draft tokens the target accepted, **blue** = the bonus token "
          "the target picked itself after each verify pass, **grey** = plain one-token-per-forward decoding.")
-
-
-# ---- components whose values reach the handlers unchecked ----------------------------------------------------
-# Gradio checks a value against its component's range or choices before a handler runs and prints a traceback
-# for every refusal (an API caller's bad value fills the log), and the browser clamps a typed number into a
-# slider's range without a word. These template components (the stock ones in the browser) pass the value
-# through; the handlers (H.parse_*, the allow-list, the registry) refuse it in one line, in the tab's status.
-
-class Slider(gr.Slider):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class Number(gr.Number):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class Dropdown(gr.Dropdown):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class Radio(gr.Radio):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class CheckboxGroup(gr.CheckboxGroup):
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-def _max_new(value: int, hi: int, elem_id: str, lo: int = 1, label: str = "Max new tokens"):
-    """A number box, not a slider: a typed 0 or 100000 is refused in one line instead of clamped in silence."""
-    return Number(value=value, precision=0, label=f"{label} ({lo} to {hi})", elem_id=elem_id)
 
 
 def _v(x):
@@ -216,7 +171,7 @@ def build(app: H.App) -> gr.Blocks:
                         card = gr.Markdown(H.method_card(default_method), elem_id="lk-live-card")
                         with gr.Accordion("Method parameters", open=True):
                             live_params, live_groups = _param_forms("live", layout, {default_method})
-                        max_new = _max_new(cfg.default_new_tokens, cfg.max_new_tokens, "lk-live-max-new")
+                        max_new = max_new_box(cfg.default_new_tokens, cfg.max_new_tokens, "lk-live-max-new")
                         mode, temperature, top_k, top_p, seed, chat = _sampling_controls("live")
                         gr.Examples(EXAMPLES, [prompt], label="Example prompts")
                     with gr.Column(scale=3, min_width=420):
@@ -247,7 +202,7 @@ def build(app: H.App) -> gr.Blocks:
                                                       "always runs)")
                         with gr.Accordion("Parameters of the picked methods", open=False):
                             c_params, c_groups = _param_forms("compare", layout, set(compare_default))
-                        c_max_new = _max_new(min(48, cfg.max_new_tokens), cfg.max_new_tokens, "lk-compare-max-new")
+                        c_max_new = max_new_box(min(48, cfg.max_new_tokens), cfg.max_new_tokens, "lk-compare-max-new")
                         c_mode, c_temp, c_topk, c_topp, c_seed, c_chat = _sampling_controls("compare")
                     with gr.Column(scale=3, min_width=420):
                         c_status = gr.Markdown("Pick methods and press Compare.", elem_id="lk-compare-status",
@@ -306,7 +261,7 @@ def build(app: H.App) -> gr.Blocks:
                                              info="per layer or KV head, depending on the policy; dense ignores it",
                                              elem_id="lk-sparsity-budget")
                         s_method = Dropdown(engine_methods, value=H.BASELINE, label="Decoding method")
-                        s_max_new = _max_new(min(48, cfg.max_new_tokens), cfg.max_new_tokens, "lk-sparsity-max-new")
+                        s_max_new = max_new_box(min(48, cfg.max_new_tokens), cfg.max_new_tokens, "lk-sparsity-max-new")
                         s_chat = gr.Checkbox(value=True, label="chat template")
                     with gr.Column(scale=3, min_width=420):
                         s_status = gr.Markdown(elem_id="lk-sparsity-status", elem_classes="lk-status")
@@ -329,7 +284,7 @@ def build(app: H.App) -> gr.Blocks:
                         b_cats = CheckboxGroup(list(CATEGORIES), value=["mt_bench", "summarization", "qa"],
                                                   label="Spec-Bench categories")
                         b_n = Slider(1, cfg.bench_max_per_category, value=1, step=1, label="Questions per category")
-                        b_max_new = _max_new(min(48, cfg.bench_max_new_tokens), cfg.bench_max_new_tokens, "lk-bench-max-new", lo=8,
+                        b_max_new = max_new_box(min(48, cfg.bench_max_new_tokens), cfg.bench_max_new_tokens, "lk-bench-max-new", lo=8,
                                              label="Max new tokens per answer")
                         with gr.Row():
                             b_run = gr.Button("Run benchmark", variant="primary", elem_id="lk-bench-run")

@@ -38,6 +38,11 @@ class CheckResult:
                 f"{self.fp64_sides_with} -> {self.verdict}  {head!r}")
 
 
+def token_label(lm: LM, token: int) -> str:
+    """A token's text for a divergence report; "<end>" where one output has already ended (token -1)."""
+    return lm.token_texts([token])[0] if token >= 0 else "<end>"
+
+
 def first_divergence(tokens: Sequence[int], reference: Sequence[int], *, partial: bool = False) -> int | None:
     """The first output position where `tokens` differ from `reference`, None if they are identical. A length
     difference counts as a divergence at the shorter length, unless `partial` (runs still streaming, or
@@ -90,7 +95,7 @@ def check(lm: LM, method: engine.Method, prompts: Sequence[str], *, max_new_toke
         if fp64 is None:
             fp64 = copy.deepcopy(lm.model).to(torch.float64)
         margin, side, verdict = explain(lm, ids + ref[:pos], m_tok, b_tok, fp64)
-        label = lambda t: lm.token_texts([t])[0] if t >= 0 else "<end>"
-        results.append(CheckResult(prompt, False, len(got), len(ref), pos, label(m_tok), label(b_tok), margin,
+        results.append(CheckResult(prompt, False, len(got), len(ref), pos, token_label(lm, m_tok),
+                                   token_label(lm, b_tok), margin,
                                    side, verdict))
     return results

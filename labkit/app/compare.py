@@ -69,7 +69,7 @@ class CompareTab:
         text_t, plot_t = Throttle(cfg.text_interval), Throttle(cfg.plot_interval)
         head = f"{len(lanes)} methods on {reqs[0].model} ({session.lm.backend} path), {reqs[0].sampling.describe()}"
         cycle = 0
-        while not all(l["done"] for l in lanes):
+        while not all(lane["done"] for lane in lanes):
             # one round of each lane in turn, starting with a different lane every cycle: whatever slows the
             # round right after an update (the server serialising it) falls on every lane alike
             for lane in lanes[cycle % len(lanes):] + lanes[:cycle % len(lanes)]:
@@ -89,7 +89,7 @@ class CompareTab:
             u = CompareUpdate(columns=self._columns(lanes),
                               status=f"{'stopping…' if stop.is_set() else 'generating:'} {head}")
             if plot_t.due():
-                u.plot = FIGURES.draw(views.side_by_side, {l["name"]: l["steps"] for l in lanes}, partial=True)
+                u.plot = FIGURES.draw(views.side_by_side, {lane["name"]: lane["steps"] for lane in lanes}, partial=True)
             yield u
         stopped = stop.is_set()
         for lane in lanes:
@@ -98,8 +98,8 @@ class CompareTab:
             if lane["steps"]:
                 visitor.add_run("compare", f"{lane['name']} · {_short(reqs[0].prompt, 30)}", lane["cfg"],
                                 lane["steps"], cfg.max_runs, note=_finish_reason(lane["steps"], stopped))
-        final = FIGURES.draw(views.side_by_side, {l["name"]: l["steps"] for l in lanes},
-                           partial=any(l.get("stopped") for l in lanes))
+        final = FIGURES.draw(views.side_by_side, {lane["name"]: lane["steps"] for lane in lanes},
+                           partial=any(lane.get("stopped") for lane in lanes))
         yield CompareUpdate(status="verifying outputs…", columns=self._columns(lanes), plot=final)
         verdict = compare_verdict(session.lm, lanes, reqs[0].sampling, stopped)
         # the final figure again with the verdict: it is the last word, whatever the browser rendered before
@@ -167,7 +167,9 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
             pos = C.first_divergence(toks, base_tok)
             m_tok = toks[pos] if pos < len(toks) else -1
             b_tok = base_tok[pos] if pos < len(base_tok) else -1
-            label = lambda t: lm.token_texts([t])[0] if t >= 0 else "<end>"  # noqa: E731
+            def label(t: int) -> str:
+                return C.token_label(lm, t)
+
             try:
                 margin, side, why = C.explain(lm, list(base["ids"]) + base_tok[:pos], m_tok, b_tok)
                 res = C.CheckResult(base["cfg"].get("prompt", ""), False, len(toks), len(base_tok), pos, label(m_tok),
