@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import tree as T
+from . import tree
 from .trace import ACCEPTED, BONUS_ARGMAX, BONUS_RESIDUAL, BONUS_SAMPLED, NOT_REACHED, REJECTED
 
 
@@ -55,7 +55,7 @@ def _mark_unreached(decisions: list[Decision], parents: Sequence[int]) -> None:
 def greedy_tree(parents: Sequence[int], tokens: Sequence[int], target_argmax: Sequence[int],
                 label: Callable[[int], str] = str) -> Outcome:
     """`target_argmax[j]` is the target's argmax at verify position j (length n + 1)."""
-    kids = T.children(parents)
+    kids = tree.children(parents)
     decisions = [Decision() for _ in parents]
     path: list[int] = []
     pos = 0
@@ -86,7 +86,7 @@ def rejection_tree(parents: Sequence[int], tokens: Sequence[int], p: torch.Tenso
                    generator: torch.Generator, *, without_replacement: bool = False) -> Outcome:
     """Recursive rejection sampling down a tree. `p` is [n+1, V]; `q` is [n, V] (row i: the distribution
     node i was drawn from; siblings share it) or None for point-mass drafts."""
-    kids = T.children(parents)
+    kids = tree.children(parents)
     decisions = [Decision() for _ in parents]
     path: list[int] = []
     pos = 0
@@ -265,7 +265,7 @@ def rejection_per_node(parents, tokens, p: torch.Tensor, q: torch.Tensor, genera
     (one-hot for deterministic drafts). Children are tried in order: accept x with probability
     min(1, p(x)/q_i(x)), else p <- norm(max(0, p - q_i)); if all fail, the bonus is drawn from the last p.
     Exact when each node is an independent draw from its q_i given everything tried before it."""
-    kids = T.children(parents)
+    kids = tree.children(parents)
     decisions = [Decision() for _ in parents]
     path: list[int] = []
     pos = 0
@@ -320,9 +320,9 @@ def typical_tree(parents: Sequence[int], tokens: Sequence[int], p: torch.Tensor,
     px_l, tau_l = px.tolist(), tau.tolist()
     best: list[int] = []
     best_key = (0, 0.0)
-    for leaf in T.leaves(parents):
+    for leaf in tree.leaves(parents):
         prefix: list[int] = []
-        for i in T.path_to(parents, leaf):
+        for i in tree.path_to(parents, leaf):
             if not ok[i]:
                 break
             prefix.append(i)

@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from . import methods, metrics
-from . import stream as ST
+from . import stream
 from .models import DEFAULT_MODEL, EMBEDDED, ModelLoadError
 from .params import ParamError, build, parse_assignments
 from .trace import TraceError
@@ -69,8 +69,8 @@ def _print_stream(steps, color: bool, out=sys.stdout) -> list:
     seen = []
     for step in steps:
         seen.append(step)
-        for span in ST.spans([step]):
-            if color and span.provenance == ST.DRAFT:
+        for span in stream.spans([step]):
+            if color and span.provenance == stream.DRAFT:
                 out.write(GREEN + span.text + RESET)
             else:
                 out.write(span.text)

@@ -28,7 +28,7 @@ import torch
 
 from . import backends
 from . import sampling as S
-from . import tree as T
+from . import tree
 from .engine import Method
 from .models import LM, cache_kwargs, load, load_tokenizer
 from .params import ParamError, param, parse_self_spec
@@ -126,11 +126,11 @@ def slot_mask(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, *
               device, window: int | None):
     """Additive 4D mask [1, 1, m, K] from a bool `allowed` [m, K] (query may see key), plus a per-layer-type
     dict when the model has sliding-window layers (keys `window` or more positions back are hidden there)."""
-    full = T.additive_mask(allowed, dtype=dtype, device=device)
+    full = tree.additive_mask(allowed, dtype=dtype, device=device)
     if window is None:
         return full
-    near = T.within_window(q_pos, k_pos, window)
-    return {"full_attention": full, "sliding_attention": T.additive_mask(allowed & near, dtype=dtype, device=device)}
+    near = tree.within_window(q_pos, k_pos, window)
+    return {"full_attention": full, "sliding_attention": tree.additive_mask(allowed & near, dtype=dtype, device=device)}
 
 
 class TreeDrafter:
@@ -138,7 +138,7 @@ class TreeDrafter:
 
     def __init__(self, lm: LM):
         self.lm = lm
-        self.window = T.sliding_window(lm.config)
+        self.window = tree.sliding_window(lm.config)
         self.reset()
 
     def reset(self) -> None:

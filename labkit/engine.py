@@ -25,7 +25,7 @@ import torch
 
 from . import accept as A
 from . import sampling as S
-from . import tree as T
+from . import tree
 from .models import LM, cache_kwargs
 from .latency import synchronize
 from .trace import BONUS_ARGMAX, BONUS_SAMPLED, Node, Step, Timing
@@ -168,7 +168,7 @@ class Target:
         self.model = lm.model
         self.cache = new_cache(lm.model)  # grows in place on the fast path
         self.kv_len = 0
-        self.window = T.sliding_window(lm.config)
+        self.window = tree.sliding_window(lm.config)
         self._keep_arg = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._blocks: dict[tuple[int, ...], torch.Tensor] = {}  # tree part of the mask, per tree shape
         self.device, self.dtype = lm.device, lm.dtype  # looked up once: the properties walk the parameters
@@ -196,7 +196,7 @@ class Target:
 
     def mask(self, parents: Sequence[int]):
         """The 4D mask for a tree (None for a chain: the model's causal mask is the tree mask)."""
-        if T.is_chain(parents):
+        if tree.is_chain(parents):
             return None
         dev, dt = self.device, self.dtype
         if self.window is None:
@@ -205,7 +205,7 @@ class Target:
             key = tuple(parents)
             block = self._blocks.get(key)
             if block is None:
-                block = T.attention_mask(parents, 0, dtype=dt, device=dev)[0, 0]
+                block = tree.attention_mask(parents, 0, dtype=dt, device=dev)[0, 0]
                 if len(self._blocks) >= 256:
                     self._blocks.clear()
                 self._blocks[key] = block
@@ -213,14 +213,14 @@ class Target:
             full = torch.zeros((1, 1, n1, self.kv_len + n1), dtype=dt, device=dev)
             full[0, 0, :, self.kv_len:] = block
             return full
-        full = T.attention_mask(parents, self.kv_len, dtype=dt, device=dev)
+        full = tree.attention_mask(parents, self.kv_len, dtype=dt, device=dev)
         return {"full_attention": full,
-                "sliding_attention": T.attention_mask(parents, self.kv_len, dtype=dt, device=dev, window=self.window)}
+                "sliding_attention": tree.attention_mask(parents, self.kv_len, dtype=dt, device=dev, window=self.window)}
 
     @torch.inference_mode()
     def verify(self, root: int, tokens: list[int], parents: list[int]) -> torch.Tensor:
         """Logits [n+1, V] for root + nodes; the cache grows by n + 1 entries (undone by `commit`)."""
-        return self._forward([root] + list(tokens), T.position_ids(parents, self.kv_len), self.mask(parents))
+        return self._forward([root] + list(tokens), tree.position_ids(parents, self.kv_len), self.mask(parents))
 
     @torch.inference_mode()
     def commit(self, n_nodes: int, path: list[int]) -> None:
@@ -433,7 +433,7 @@ def _nodes(lm: LM, prop: Proposal, out: A.Outcome, logits: torch.Tensor, samplin
     n = len(prop.tokens)
     if n == 0:
         return ()
-    depth = T.depths(prop.parents)
+    depth = tree.depths(prop.parents)
     if not detail:
         return tuple(Node(token=prop.tokens[i], parent=prop.parents[i], depth=depth[i],
                           status=out.decisions[i].status) for i in range(n))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import tree as T
+from . import tree
 from .models import LM
 from .trace import Step
 
@@ -24,7 +24,7 @@ def verify_by_hand(lm: LM, prompt_ids: list[int], steps: list[Step], step: Step)
     `run.config["prompt_ids"]`, `run.steps`)."""
     import pandas as pd
 
-    if T.sliding_window(lm.config) is not None:
+    if tree.sliding_window(lm.config) is not None:
         raise ValueError("verify_by_hand draws one mask for every layer; this model has sliding-window layers")
     before = [t for s in steps[: steps.index(step)] for t in s.tokens]
     context = list(prompt_ids) + before  # its last token is the round's root, not yet in the KV cache
@@ -33,12 +33,12 @@ def verify_by_hand(lm: LM, prompt_ids: list[int], steps: list[Step], step: Step)
     parents = [n.parent for n in step.nodes]
     past = len(context) - 1
     ids = context + [n.token for n in step.nodes]
-    positions = list(range(past)) + T.position_ids(parents, past)
+    positions = list(range(past)) + tree.position_ids(parents, past)
     # who may see whom, [context + tree] x [context + tree]: the prefix is causal, and each tree query sees the
     # prefix and its own ancestors (tree.ancestor_mask); one additive mask for every layer
     allowed = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
-    allowed[past:, past:] = T.ancestor_mask(parents)
-    full = T.additive_mask(allowed, dtype=lm.dtype, device=lm.device)
+    allowed[past:, past:] = tree.ancestor_mask(parents)
+    full = tree.additive_mask(allowed, dtype=lm.dtype, device=lm.device)
     with torch.inference_mode():
         logits = lm.model(input_ids=torch.tensor([ids], device=lm.device),
                           position_ids=torch.tensor([positions], device=lm.device), attention_mask=full).logits[0]

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from . import tree as T
+from . import tree
 from .models import LM, cache_kwargs
 
 FULL = "full_attention"
@@ -104,8 +104,8 @@ class LayerStack:
         allowed[:, :start] = True
         allowed[:, have:] = torch.ones(q, q, dtype=torch.bool).tril()
         if window is not None:
-            allowed &= T.within_window(q_pos, k_pos, window)
-        return T.additive_mask(allowed, dtype=self.dtype, device=self.device)
+            allowed &= tree.within_window(q_pos, k_pos, window)
+        return tree.additive_mask(allowed, dtype=self.dtype, device=self.device)
 
     @torch.inference_mode()
     def run(self, cache, ids: Sequence[int], start: int, layers: Sequence[int],

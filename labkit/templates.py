@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import tree as T
+from . import tree
 
 Choices = list[tuple[int, ...]]
 
@@ -88,11 +88,11 @@ def token_recycling() -> Choices:
 
 def top_k_tree(k: int, depth: int) -> Choices:
     """Every path of ranks < k up to `depth` (k + k^2 + ... nodes), BFS order."""
-    return T.bfs_template([[k] * (k ** d) for d in range(depth)])
+    return tree.bfs_template([[k] * (k ** d) for d in range(depth)])
 
 
 def chain(n: int) -> Choices:
-    return T.chain_choices(n)
+    return tree.chain_choices(n)
 
 
 def first(choices: Sequence[Sequence[int]], size: int) -> Choices:

@@ -41,9 +41,9 @@ def test_check_reports_identical(smol):
 
 def test_check_explains_a_divergence(smol, monkeypatch):
     """Simulate a bug in the acceptance rule; the explainer must call it a bug, not numerics."""
-    from labkit import accept as A
+    from labkit import accept
 
-    real = A.greedy_tree
+    real = accept.greedy_tree
 
     def buggy(parents, tokens, argmax, label=str):
         out = real(parents, tokens, argmax, label)
@@ -53,7 +53,7 @@ def test_check_explains_a_divergence(smol, monkeypatch):
 
     tr = methods.create("token_recycling", smol, {"sizing": "off", "nodes": 16})  # drafts every round
     list(engine.decode(smol, tr, smol.encode(PROMPTS[0]), max_new_tokens=24))  # warm the matrix (correct rule)
-    monkeypatch.setattr(A, "greedy_tree", buggy)
+    monkeypatch.setattr(accept, "greedy_tree", buggy)
     res = check(smol, tr, [PROMPTS[2]], max_new_tokens=24)
     r = res[0]
     assert not r.identical and r.position is not None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import accept as A
+from labkit import accept
 from labkit import engine, methods
 from labkit import sampling as S
 from labkit.check import greedy_reference
@@ -44,7 +44,7 @@ def lantern_samples(p, q, nb, delta, n=N, seed=0):
     out = []
     for _ in range(n):
         x = int(torch.multinomial(q, 1, generator=g))
-        res = A.lantern_chain([x], torch.stack([p, p]), q[None], nb[x][None], delta, g)
+        res = accept.lantern_chain([x], torch.stack([p, p]), q[None], nb[x][None], delta, g)
         out.append(x if res.path else res.bonus)
     return np.array(out)
 
@@ -53,23 +53,23 @@ def lantern_samples(p, q, nb, delta, n=N, seed=0):
 def test_lantern_tv_is_positive_and_within_its_bound(delta):
     p, q = dist(1), dist(2, peaked=1.5)
     nb = neighbour_table()
-    mass = A.lantern_mass(p, nb, delta)
+    mass = accept.lantern_mass(p, nb, delta)
     assert bool((mass <= delta + 1e-6).all())  # no token borrows more than delta
-    exact, bound = A.lantern_output(p, q, mass)
+    exact, bound = accept.lantern_output(p, q, mass)
     samples = lantern_samples(p, q, nb, delta)
-    measured = A.tv(empirical(samples), p)
-    print(f"\nLANTERN delta={delta}: measured TV {measured:.4f}, exact TV {A.tv(exact, p):.4f}, bound E {bound:.4f}")
+    measured = accept.tv(empirical(samples), p)
+    print(f"\nLANTERN delta={delta}: measured TV {measured:.4f}, exact TV {accept.tv(exact, p):.4f}, bound E {bound:.4f}")
     assert pvalue(samples, exact) > 1e-3  # the sampled rule is the analysed rule
     assert pvalue(samples, p) < 1e-6  # and it is not p: lossy
-    assert 0.005 < A.tv(exact, p) <= bound + 1e-6
+    assert 0.005 < accept.tv(exact, p) <= bound + 1e-6
     assert measured <= bound + 0.02
     assert bound <= float(torch.minimum(torch.clamp(q - p, min=0), mass).sum()) + 1e-6
 
 
 def test_lantern_with_delta_zero_is_standard_speculative_sampling():
     p, q = dist(1), dist(2, peaked=1.5)
-    exact, bound = A.lantern_output(p, q, A.lantern_mass(p, neighbour_table(), 0.0))
-    assert bound == 0.0 and A.tv(exact, p) < 1e-6
+    exact, bound = accept.lantern_output(p, q, accept.lantern_mass(p, neighbour_table(), 0.0))
+    assert bound == 0.0 and accept.tv(exact, p) < 1e-6
     assert pvalue(lantern_samples(p, q, neighbour_table(), 0.0, n=8000), p) > 1e-3
 
 
@@ -85,11 +85,11 @@ def test_typical_acceptance_tv_is_positive_and_within_its_bound():
     g = torch.Generator().manual_seed(1)
     samples = []
     for _ in range(N // 4):
-        out = A.typical_tree(parents, tokens, p_rows, g)
+        out = accept.typical_tree(parents, tokens, p_rows, g)
         samples.append(tokens[out.path[0]] if out.path else out.bonus)
     samples = np.array(samples)
-    measured = A.tv(empirical(samples), p0)
-    bound = A.typical_tv_bound(p0, 0.09, 0.3)
+    measured = accept.tv(empirical(samples), p0)
+    bound = accept.typical_tv_bound(p0, 0.09, 0.3)
     print(f"\ntypical acceptance: measured TV {measured:.4f}, bound 1 - tau {bound:.4f}")
     assert pvalue(samples, p0) < 1e-6
     assert 0.01 < measured <= bound
@@ -99,11 +99,11 @@ def test_typical_tree_picks_the_longest_then_likeliest_path():
     p = torch.tensor([[0.5, 0.3, 0.2], [0.05, 0.15, 0.8], [0.45, 0.45, 0.1], [0.3, 0.3, 0.4], [0.3, 0.3, 0.4]])
     g = torch.Generator().manual_seed(0)
     # root children 0 and 1 both pass; only node 1's child (token 1, p=0.45) passes below -> path [1, 3]
-    out = A.typical_tree([-1, -1, 0, 1], [0, 1, 0, 1], p, g)
+    out = accept.typical_tree([-1, -1, 0, 1], [0, 1, 0, 1], p, g)
     assert out.path == [1, 3]
     assert out.decisions[0].status == "not_reached" and "longer or likelier" in out.decisions[0].reason
     # equal lengths: the likelier first token wins
-    out = A.typical_tree([-1, -1], [1, 0], p[:3], g)
+    out = accept.typical_tree([-1, -1], [1, 0], p[:3], g)
     assert out.path == [1]
 
 
@@ -138,7 +138,7 @@ def test_typical_acceptance_measured_on_the_tiny_model(tiny):
         steps = list(engine.decode(lm, m, prompt, max_new_tokens=3, sampling=S.SamplingConfig(temperature=1.0, seed=seed)))
         second.append([t for s in steps for t in s.tokens][1])
         tvs.append(steps[1].state["tv_first"])
-    measured = A.tv(empirical(np.array(second), 32), exact2)
+    measured = accept.tv(empirical(np.array(second), 32), exact2)
     print(f"\ntypical acceptance on tiny-llama: measured TV of the 2nd token {measured:.3f}, "
           f"mean per-round tv_first {np.mean(tvs):.3f}")
     assert pvalue(np.array(second), exact2) < 1e-3

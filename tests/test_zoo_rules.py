@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import accept as A
-from labkit import sampling as S
+from labkit import accept
+from labkit import sampling
 from labkit.drafter import draw_children
 from labkit.methods.adaptive_length import AdaptiveLength, AdaptiveLengthParams
 from labkit.methods.dyspec import DySpec, DySpecParams
@@ -36,9 +36,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---- K-SEQ as a pure rule ----------------------------------------------------------------------------
 
-def kseq_samples(p, q, k, n, seed=0, rule=A.kseq):
+def kseq_samples(p, q, k, n, seed=0, rule=accept.kseq):
     g = torch.Generator().manual_seed(seed)
-    rho = A.kseq_rho(p, q, k)  # computed once: the rule would recompute the same value for every sample
+    rho = accept.kseq_rho(p, q, k)  # computed once: the rule would recompute the same value for every sample
     out, accepted = [], 0
     for _ in range(n):
         draws = torch.multinomial(q, k, replacement=True, generator=g).tolist()
@@ -60,14 +60,14 @@ def test_kseq_preserves_p(k):
 
 def _single_draft_residual(p, q, draws, g, rho):
     """Bug on purpose: K-SEQ acceptance, but the single-draft residual norm(max(0, p - q)) after k rejections."""
-    hit, decs, _ = A.kseq(p, q, draws, g, rho=rho)
-    return hit, decs, A.residual(p, q)
+    hit, decs, _ = accept.kseq(p, q, draws, g, rho=rho)
+    return hit, decs, accept.residual(p, q)
 
 
 def _no_division(p, q, draws, g, rho):
     """Bug on purpose: k draws each accepted with min(1, p/q) (rho = 1), residual for rho = 1."""
-    hit, decs, _ = A.kseq(p, q, draws, g, rho=1.0)
-    return hit, decs, A.kseq_residual(p, q, len(draws), 1.0)
+    hit, decs, _ = accept.kseq(p, q, draws, g, rho=1.0)
+    return hit, decs, accept.kseq_residual(p, q, len(draws), 1.0)
 
 
 @pytest.mark.parametrize("wrong", [_single_draft_residual, _no_division])
@@ -80,19 +80,19 @@ def test_kseq_wrong_variants_are_caught(wrong):
 def test_kseq_rho_and_acceptance_advantage():
     p, q = dist(1), dist(2, peaked=1.5)
     single = float(torch.minimum(p, q).sum())
-    assert A.kseq_rho(p, q, 1) == 1.0
-    assert abs(A.kseq_accept_prob(p, q, 1) - single) < 1e-6
+    assert accept.kseq_rho(p, q, 1) == 1.0
+    assert abs(accept.kseq_accept_prob(p, q, 1) - single) < 1e-6
     previous = single
     for k in (2, 3, 4):
-        rho = A.kseq_rho(p, q, k)
+        rho = accept.kseq_rho(p, q, k)
         assert 1.0 <= rho <= k
-        assert float(A.kseq_residual(p, q, k, rho).min()) >= 0
-        acc = A.kseq_accept_prob(p, q, k)
+        assert float(accept.kseq_residual(p, q, k, rho).min()) >= 0
+        acc = accept.kseq_accept_prob(p, q, k)
         assert acc > previous + 1e-3  # more drafts, strictly more acceptance here
         previous = acc
         _, empirical = kseq_samples(p, q, k, 4000, seed=10 + k)
         assert abs(empirical - acc) < 4 * (acc * (1 - acc) / 4000) ** 0.5 + 1e-3
-    assert A.kseq_rho(p, p, 3) == 1.0 and abs(A.kseq_accept_prob(p, p, 3) - 1.0) < 1e-6  # draft = target
+    assert accept.kseq_rho(p, p, 3) == 1.0 and abs(accept.kseq_accept_prob(p, p, 3) - 1.0) < 1e-6  # draft = target
 
 
 def test_spectr_tree_two_levels_and_cut_level():
@@ -111,12 +111,12 @@ def test_spectr_tree_two_levels_and_cut_level():
         parents = [-1, -1, -1, 0, 1]
         p_rows = torch.stack([p0] + [p1[t] for t in x1] + [p0, p0])  # rows under level-2 nodes are unused
         q_rows = torch.stack([q0, q0, q0] + [q1[t] for t in x1[:2]])
-        out = A.spectr_tree(parents, tokens, k, p_rows, q_rows, g)
+        out = accept.spectr_tree(parents, tokens, k, p_rows, q_rows, g)
         assert all(parents[b] == a for a, b in zip(out.path, out.path[1:]))  # a chain in the tree
         # what the figure shows is what happened: no untested ("not reached") node has a tested child
         for i, d in enumerate(out.decisions):
-            if d.status != A.NOT_REACHED and parents[i] >= 0:
-                assert out.decisions[parents[i]].status != A.NOT_REACHED, (tokens, out.decisions)
+            if d.status != accept.NOT_REACHED and parents[i] >= 0:
+                assert out.decisions[parents[i]].status != accept.NOT_REACHED, (tokens, out.decisions)
         t1 = tokens[out.path[0]] if out.path else out.bonus
         first.append(t1)
         if out.path:
@@ -238,7 +238,7 @@ ZOO = {
 def test_zoo_tree_preserves_p(name):
     cls, params = ZOO[name]
     m = toy_method(cls, params)
-    cfg = S.SamplingConfig(temperature=1.0)
+    cfg = sampling.SamplingConfig(temperature=1.0)
     prompt = [1, 4]
     g = torch.Generator().manual_seed(11)
     p0 = table(tuple(prompt), 0, 1.0)

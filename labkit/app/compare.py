@@ -128,7 +128,7 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
     """Markdown: per method, tokens/s, speedup vs the baseline, mean acceptance length, and whether its output
     is token-identical to the baseline's (greedy); on a mismatch of a lossless method, the losslessness
     explainer's first-divergence report (top-2 margin, float64 re-run)."""
-    from .. import check as C
+    from .. import check
     from .. import sizing
 
     base = lanes[0]
@@ -164,15 +164,15 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
         elif not lossless:
             verdict = "differs (lossy method: expected)"
         else:
-            pos = C.first_divergence(toks, base_tok)
+            pos = check.first_divergence(toks, base_tok)
             m_tok = toks[pos] if pos < len(toks) else -1
             b_tok = base_tok[pos] if pos < len(base_tok) else -1
             def label(t: int) -> str:
-                return C.token_label(lm, t)
+                return check.token_label(lm, t)
 
             try:
-                margin, side, why = C.explain(lm, list(base["ids"]) + base_tok[:pos], m_tok, b_tok)
-                res = C.CheckResult(base["cfg"].get("prompt", ""), False, len(toks), len(base_tok), pos, label(m_tok),
+                margin, side, why = check.explain(lm, list(base["ids"]) + base_tok[:pos], m_tok, b_tok)
+                res = check.CheckResult(base["cfg"].get("prompt", ""), False, len(toks), len(base_tok), pos, label(m_tok),
                                     label(b_tok), margin, side, why)
                 notes.append(f"- **{lane['name']}**: {res.line()}")
             except Exception as e:  # noqa: BLE001

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .. import metrics as M
+from .. import metrics
 from .questions import BASELINE, GENERATE, GENERATE_PLD, PLD_TOKENS, TRACE_SUFFIX
 
 
@@ -105,7 +105,7 @@ def run_method(lm, method, spec: Spec, q: dict, ids: list[int], *, max_new_token
     sizing.synchronize(lm.device)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    m = M.compute(steps)
+    m = metrics.compute(steps)
     decode = [s for s in steps if s.kind == "decode"]
     nodes = [len(s.nodes) for s in decode]
     chosen = [s.state["sizing"]["nodes"] for s in decode if isinstance(s.state.get("sizing"), dict)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import tree as T
+from .. import tree
 from ..engine import Method, Proposal, Verified
 from ..params import param
 
@@ -192,7 +192,7 @@ class Aded(Method):
                 acc += 1
         return {"rows_updated": len(pos_ctx), "trigram_rows": len(self.matrix.tri),
                 "bigram_rows": len(self.matrix.bi), "tested": tested, "accepted_transitions": acc,
-                "tree_depth": max(T.depths(prop.parents)) if prop.parents else 0}
+                "tree_depth": max(tree.depths(prop.parents)) if prop.parents else 0}
 
     def describe(self) -> str:
         p = self.params

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import tree as T
+from .. import tree
 from ..drafter import slot_mask
 from ..engine import Detokenizer, Method, one_token_finished, token_step
 from ..models import cache_kwargs
@@ -71,7 +71,7 @@ class ContrastiveSearch(Method):
 
         lm, P = self.lm, self.params
         cache = DynamicCache()
-        window = T.sliding_window(lm.config)
+        window = tree.sliding_window(lm.config)
         detok = Detokenizer(lm, prompt[-4:])
         eos = lm.eos_ids
         label = (lambda t: lm.token_texts([t])[0]) if detail else str

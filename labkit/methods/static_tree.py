@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import templates
-from .. import tree as T
+from .. import tree
 from ..drafter import DrafterMethod, draft_param, draw_children
 from ..engine import Proposal
 from ..params import param
@@ -39,8 +39,8 @@ def fill_template(drafter, parents: list[int], ranks: list[int], root_q: torch.T
     Greedy: node = the parent's rank-r top token. Sampling: the children of a node, in rank order, are that
     node's first draws without replacement (so ranks are re-numbered 0..m-1 per parent)."""
     n = len(parents)
-    kids = T.children(parents)
-    depth = T.depths(parents)
+    kids = tree.children(parents)
+    depth = tree.depths(parents)
     tokens: list[int | None] = [None] * n
     qrow: list[torch.Tensor | None] = [None] * n
     node_q: dict[int, torch.Tensor] = {-1: root_q}
@@ -80,7 +80,7 @@ class StaticTree(DrafterMethod):
         super().__init__(lm, params, draft_lm)
         choices = templates.get(self.params.template)
         self.choices = templates.first(choices, min(self.params.nodes, len(choices)))
-        self.t_parents, self.t_ranks = T.from_choices(self.choices)
+        self.t_parents, self.t_ranks = tree.from_choices(self.choices)
 
     def build(self, seq, sampling, generator) -> tuple[list[int], list[int], list[torch.Tensor]]:
         root_q = self.dist(self.drafter.begin(seq), sampling)
@@ -95,8 +95,8 @@ class StaticTree(DrafterMethod):
         return Proposal(tokens=tokens, parents=parents, q=torch.stack(qs) if qs else None,
                         without_replacement=not sampling.greedy, draft_forwards=self.drafter.forwards,
                         state={"template": self.params.template, "template_nodes": len(self.t_parents),
-                               "drafted": len(tokens), "depth": max(T.depths(parents), default=0)})
+                               "drafted": len(tokens), "depth": max(tree.depths(parents), default=0)})
 
     def describe(self) -> str:
         return (f"Static tree: {len(self.t_parents)} nodes of {self.params.template}, depth "
-                f"{max(T.depths(self.t_parents), default=0)}; {self.draft_note()}")
+                f"{max(tree.depths(self.t_parents), default=0)}; {self.draft_note()}")

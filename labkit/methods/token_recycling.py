@@ -30,7 +30,7 @@ import torch
 
 from .. import accept as A
 from .. import sizing
-from .. import tree as T
+from .. import tree
 from ..engine import Method, Proposal, Verified
 from ..params import param
 from ..templates import RANK_PRIOR, best_subtree, paper_choices
@@ -64,8 +64,8 @@ class _Template:
 
     @classmethod
     def build(cls, choices) -> "_Template":
-        parents, ranks = T.from_choices(choices)
-        depth = np.asarray(T.depths(parents), dtype=np.int64)
+        parents, ranks = tree.from_choices(choices)
+        depth = np.asarray(tree.depths(parents), dtype=np.int64)
         levels = tuple(np.flatnonzero(depth == d) for d in range(1, int(depth.max(initial=0)) + 1))
         return cls(tuple(sorted((tuple(c) for c in choices), key=lambda c: (len(c), c))), list(parents),
                    np.asarray(parents, dtype=np.int64), np.asarray(ranks, dtype=np.int64), depth, levels)
@@ -216,7 +216,7 @@ class TokenRecycling(Method):
             # which rank of each verified position's row held the target's next token (-1: none)
             hit = before == top[:, :1]
             rank = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-            child_depth = np.concatenate([[1], np.asarray(T.depths(v.proposal.parents), dtype=np.int64) + 1])
+            child_depth = np.concatenate([[1], np.asarray(tree.depths(v.proposal.parents), dtype=np.int64) + 1])
             self.sizer.acceptance.update(child_depth, rank)
         new_rows = np.unique(inputs[before[:, 0] < 0])
         self._known += int(new_rows.size)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import frames as F
+from . import frames
 from .layer import LayerCall, Selection, expand_heads
 from .policies.base import Policy
 
@@ -230,7 +230,7 @@ class Capture:
         return rec
 
     # ---- frames ----
-    def frame(self, step, dense_logits: torch.Tensor | None = None) -> F.SparsityFrame:
+    def frame(self, step, dense_logits: torch.Tensor | None = None) -> frames.SparsityFrame:
         """The SparsityFrame of a Step just yielded by the engine (call once per Step, in order). With
         `dense_logits` ([rows, V]: dense decoding's logits at the round's committed query rows), the frame also
         carries the next-token KL and top-1 agreement."""
@@ -254,7 +254,7 @@ class Capture:
         if dense_logits is not None:
             mine = f.logits[-1:] if prefill else f.logits[rows]
             kl, top1 = fidelity(dense_logits, mine)
-        return F.SparsityFrame(step=step.index, kind=step.kind, policy=self.policy.describe(),
+        return frames.SparsityFrame(step=step.index, kind=step.kind, policy=self.policy.describe(),
                                kv_len=0 if prefill else f.past, queries=queries, layers=tuple(layers),
                                kv_kept=tuple(kv_kept), recall=sum(recalls) / len(recalls) if recalls else None,
                                kl=kl, top1=top1, state=dict(f.state))
@@ -268,7 +268,7 @@ class Capture:
         keep = rec.keep if rec.keep.shape[1] == 1 else rec.keep[:, rows]
         return expand_heads(keep.any(1).cpu(), self.n_heads)
 
-    def _layer_frame(self, layer, rec: _LayerRec, union, rows, f: _Forward, prefill) -> F.LayerFrame:
+    def _layer_frame(self, layer, rec: _LayerRec, union, rows, f: _Forward, prefill) -> frames.LayerFrame:
         digits = self.record.digits
         heads = []
         for hi, h in enumerate(rec.heads):
@@ -282,23 +282,23 @@ class Capture:
                 if rec.full is not None:
                     cols = torch.arange(f.q_len) if prefill else torch.tensor(list(range(f.past)) + list(own))
                     vals = rec.full[hi, src].cpu()[cols]
-                    attn_rows.append(F.AttnRow(full=tuple(round(v, digits) for v in vals.tolist()),
+                    attn_rows.append(frames.AttnRow(full=tuple(round(v, digits) for v in vals.tolist()),
                                                mass=float(vals.sum())))
                 else:
                     limit = f.q_len if prefill else f.past
                     attn_rows.append(_top_row(rec.top_idx[hi, src].tolist(), rec.top_val[hi, src].tolist(),
                                               limit, own, digits))
-            kept = () if prefill else F.to_ranges(union[h])
-            heads.append(F.HeadFrame(head=h, kept=kept, n_kept=int(union[h].sum()), recall=tuple(recall),
+            kept = () if prefill else frames.to_ranges(union[h])
+            heads.append(frames.HeadFrame(head=h, kept=kept, n_kept=int(union[h].sum()), recall=tuple(recall),
                                      rows=tuple(attn_rows)))
-        return F.LayerFrame(layer=layer, heads=tuple(heads))
+        return frames.LayerFrame(layer=layer, heads=tuple(heads))
 
 
-def _top_row(idx: list[int], val: list[float], limit: int, own: dict[int, int], digits: int) -> F.AttnRow:
+def _top_row(idx: list[int], val: list[float], limit: int, own: dict[int, int], digits: int) -> frames.AttnRow:
     """Top-k columns of a row -> positions: columns below `limit` are positions, the others map through `own`
     (the verify columns on the accepted path; the rest, never attended by this row, are dropped)."""
     pairs = sorted((c if c < limit else own[c], v) for c, v in zip(idx, val) if v > 0 and (c < limit or c in own))
-    return F.AttnRow(top=tuple(p for p, _ in pairs), weights=tuple(round(v, digits) for _, v in pairs),
+    return frames.AttnRow(top=tuple(p for p, _ in pairs), weights=tuple(round(v, digits) for _, v in pairs),
                      mass=float(sum(v for _, v in pairs)))
 
 

@@ -7,8 +7,8 @@ from typing import Any, Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .. import metrics as M
-from .. import stream as ST
+from .. import metrics
+from .. import stream
 from ..trace import REJECTED
 from .stream import _span_hover
 from .style import METHOD_COLORS, PROVENANCE_COLORS, STATUS_COLORS, steps_of
@@ -57,11 +57,11 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
                                         f"{labels[0] if labels else ''})",
                                         "wall time (s) when each output position was committed: lower = faster",
                                         "target forward passes (counted: lower = fewer passes for the same text)"))
-    mets = {k: M.compute(v) for k, v in runs.items()}
+    mets = {k: metrics.compute(v) for k, v in runs.items()}
     ylabels = {k: f"{k}" for k in labels}
     ref_tokens = [t for s in runs[labels[0]] for t in s.tokens] if labels else []
     for j, k in enumerate(labels):
-        spans = ST.spans(runs[k], autoregressive=own[k])
+        spans = stream.spans(runs[k], autoregressive=own[k])
         color = METHOD_COLORS[j % len(METHOD_COLORS)]
         fig.add_trace(go.Scatter(
             x=list(range(len(spans))), y=[ylabels[k]] * len(spans), mode="markers",

@@ -55,7 +55,7 @@ def siblings_demo(p: Sequence[float] = TOY_P, q: Sequence[float] = TOY_Q, ks: Se
     chi-square p-values, including a buggy rule (without replacement, q not updated)."""
     import torch
 
-    from .. import accept as A
+    from .. import accept
 
     ks = sorted({int(k) for k in ks} | {int(k_shown)})
     pt = torch.tensor(list(p), dtype=torch.float64)
@@ -64,7 +64,7 @@ def siblings_demo(p: Sequence[float] = TOY_P, q: Sequence[float] = TOY_Q, ks: Se
     fair = ("iid", "without_replacement", "kseq")
     sims = {r: {k: simulate_siblings(p, q, k, n, rule=r, seed=seed + k) for k in ks} for r in fair}
     bug = simulate_siblings(p, q, k_shown, n, rule="no_q_update", seed=seed + k_shown)
-    theory = [A.kseq_accept_prob(pt, qt, k) for k in ks]
+    theory = [accept.kseq_accept_prob(pt, qt, k) for k in ks]
     shown = {**{r: sims[r][k_shown]["counts"] for r in fair}, "no_q_update": bug["counts"]}
     chi2 = {r: list(chi_square(c, p)) for r, c in shown.items()}
     labels = list(tokens)[: len(p)] + [f"t{i}" for i in range(len(tokens), len(p))]

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .. import metrics as M
+from .. import metrics
 from ..trace import ACCEPTED
 from .style import METHOD_COLORS, PHASES, STATUS_COLORS, steps_of
 
@@ -29,7 +29,7 @@ def acceptance_stats(steps: Iterable[Any], *, window: int = 8) -> go.Figure:
     the rounds with a rolling mean (run boundaries dashed: does a learned draft source warm up?), and where
     the wall time went (draft / verify / accept / commit / other). Values are `metrics.compute` of the steps."""
     steps = steps_of(steps)
-    m = M.compute(steps)
+    m = metrics.compute(steps)
     fig = make_subplots(rows=2, cols=2, vertical_spacing=0.2, horizontal_spacing=0.1,
                         subplot_titles=("acceptance per depth (rounds reaching depth d)",
                                         "accepted draft tokens per round",
@@ -138,7 +138,7 @@ def session_warmup(runs: Sequence[Any], *, labels: Sequence[str] | None = None) 
     mal, known = [], []
     for r in runs:
         st = steps_of(r)
-        mal.append(M.compute(st).mean_accept_len)
+        mal.append(metrics.compute(st).mean_accept_len)
         k = None
         for s in reversed(st):
             if "matrix_rows_known" in (s.state or {}):

@@ -6,21 +6,21 @@ from typing import Any, Iterable
 
 import plotly.graph_objects as go
 
-from .. import metrics as M
-from .. import stream as ST
+from .. import metrics
+from .. import stream
 from ..trace import ACCEPTED, Step
 from .style import MAL_NOTE, PROVENANCE_COLORS, PROVENANCE_LABELS, STATUS_COLORS, _esc, steps_of
 
 
 # ---- token stream ----------------------------------------------------------------------------------
 
-def _span_hover(sp: ST.Span) -> str:
+def _span_hover(sp: stream.Span) -> str:
     return (f"<b>{_esc(repr(sp.text))}</b> (id {sp.token})<br>{PROVENANCE_LABELS.get(sp.provenance, sp.provenance)}"
             f"<br>from step {sp.step}")
 
 
 def _stream_title(steps: list[Step], autoregressive: bool) -> str:
-    m = M.compute(steps)
+    m = metrics.compute(steps)
     if not steps:
         return "Token stream (no steps yet)"
     return (f"{m.new_tokens} tokens, {m.target_forwards} target forwards: "
@@ -42,9 +42,9 @@ def token_stream(steps: Iterable[Any], *, autoregressive: bool | None = None, wi
     autoregressive tokens (default: decided from a Run's or trace's method by `methods.own_tokens_only`)."""
     autoregressive = _own(steps, autoregressive)
     steps = steps_of(steps)
-    spans = ST.spans(steps, autoregressive=autoregressive)
+    spans = stream.spans(steps, autoregressive=autoregressive)
     # lay the text out in lines of `width_chars` monospace columns; newlines start a new line
-    pieces: list[tuple[int, int, int, str, ST.Span]] = []  # (line, start col, width, text, span)
+    pieces: list[tuple[int, int, int, str, stream.Span]] = []  # (line, start col, width, text, span)
     line, col = 0, 0
     for sp in spans:
         segments = (sp.text if sp.text != "" else "∅").split("\n")
@@ -60,7 +60,7 @@ def token_stream(steps: Iterable[Any], *, autoregressive: bool | None = None, wi
             col += len(seg)
     lines = line + 1
     traces = []
-    for prov in (ST.DRAFT, ST.BONUS, ST.AUTOREGRESSIVE, ST.PREFILL):
+    for prov in (stream.DRAFT, stream.BONUS, stream.AUTOREGRESSIVE, stream.PREFILL):
         ps = [p for p in pieces if p[4].provenance == prov]
         traces.append(go.Bar(
             orientation="h", base=[p[1] for p in ps], x=[p[2] for p in ps], y=[p[0] for p in ps], width=0.86,
@@ -81,7 +81,7 @@ def token_stream(steps: Iterable[Any], *, autoregressive: bool | None = None, wi
                              hoverinfo="skip", showlegend=False, name="text"))
     char_px = 8.45
     fig = go.Figure(traces)
-    m = M.compute(steps)
+    m = metrics.compute(steps)
     fig.update_layout(
         title=dict(text=_stream_title(steps, autoregressive), font=dict(size=14)),
         barmode="overlay", template="plotly_white", bargap=0, autosize=False,
@@ -100,7 +100,7 @@ def plain_text(steps: Iterable[Any]) -> str:
     """The generated text without the end-of-sequence token's own text (e.g. `<|im_end|>`), as a reader wants it."""
     steps = steps_of(steps)
     text = "".join(s.text for s in steps)
-    spans = ST.spans(steps)
+    spans = stream.spans(steps)
     if steps and steps[-1].finished == "eos" and spans and spans[-1].text and text.endswith(spans[-1].text) \
             and (len(steps[-1].tokens) == 1 or spans[-1].text != steps[-1].text):
         text = text[: -len(spans[-1].text)]
@@ -113,7 +113,7 @@ def token_stream_html(steps: Iterable[Any], *, autoregressive: bool | None = Non
     shown side by side leave the note to their page, which says it once."""
     autoregressive = _own(steps, autoregressive)
     steps = steps_of(steps)
-    spans = ST.spans(steps, autoregressive=autoregressive)
+    spans = stream.spans(steps, autoregressive=autoregressive)
     out = ['<div class="labkit-stream" style="font-family:DejaVu Sans Mono,Menlo,Consolas,monospace;'
            'white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.7;font-size:14px">']
     ended = bool(steps) and steps[-1].finished == "eos"
@@ -125,16 +125,16 @@ def token_stream_html(steps: Iterable[Any], *, autoregressive: bool | None = Non
             title = html.escape(f"end of sequence: {sp.text!r} (id {sp.token})", quote=True)
             text = "[end]"
         # accepted draft tokens are also underlined: provenance does not rest on hue alone
-        cue = f"border-bottom:2px solid {STATUS_COLORS[ACCEPTED]};" if sp.provenance == ST.DRAFT else ""
+        cue = f"border-bottom:2px solid {STATUS_COLORS[ACCEPTED]};" if sp.provenance == stream.DRAFT else ""
         out.append(f'<span class="lk-{sp.provenance}" data-step="{sp.step}" title="{title}" style="background:'
                    f'{PROVENANCE_COLORS.get(sp.provenance, "#eeeeee")};border-right:1px solid #ffffff;{cue}'
                    f'border-radius:2px;color:#111111">{text}</span>')
     out.append("</div>")
-    m = M.compute(steps)
-    present = [p for p in (ST.DRAFT, ST.BONUS, ST.AUTOREGRESSIVE, ST.PREFILL) if any(s.provenance == p for s in spans)]
+    m = metrics.compute(steps)
+    present = [p for p in (stream.DRAFT, stream.BONUS, stream.AUTOREGRESSIVE, stream.PREFILL) if any(s.provenance == p for s in spans)]
     # chips: dark text on their pastel background; the note follows the page's text colour (light or dark theme)
     legend = " ".join(f'<span style="background:{PROVENANCE_COLORS[p]};color:#111111;padding:0 4px;border-radius:2px;'
-                      f'{"border-bottom:2px solid " + STATUS_COLORS[ACCEPTED] if p == ST.DRAFT else ""}">'
+                      f'{"border-bottom:2px solid " + STATUS_COLORS[ACCEPTED] if p == stream.DRAFT else ""}">'
                       f'{html.escape(PROVENANCE_LABELS[p])}</span>' for p in present)
     tail = (f'<br>{m.new_tokens} tokens, {m.target_forwards} target forwards; mean acceptance length '
             f'<b>{m.mean_accept_len:.2f}</b>: {html.escape(MAL_NOTE)}') if note else ""

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
-from .. import metrics as M
-from .. import stream as ST
+from .. import metrics
+from .. import stream
 from ..trace import ACCEPTED, NOT_REACHED, REJECTED, Step
 
 
@@ -21,13 +21,13 @@ STATUS_SYMBOLS = {ACCEPTED: "circle", REJECTED: "x", NOT_REACHED: "circle-open",
 STATUS_LABELS = {ACCEPTED: "accepted", REJECTED: "rejected", NOT_REACHED: "not reached",
                  "bonus": "bonus (the target's own token)", "root": "root (last committed token)"}
 # token-stream backgrounds by provenance
-PROVENANCE_COLORS = {ST.DRAFT: "#b7e4a8", ST.BONUS: "#bcd7f5", ST.AUTOREGRESSIVE: "#e6e6e6",
-                     ST.PREFILL: "#e0d4f0"}
-PROVENANCE_LABELS = {ST.DRAFT: "accepted draft token", ST.BONUS: "bonus token (target's own)",
-                     ST.AUTOREGRESSIVE: "autoregressive token", ST.PREFILL: "first token (prefill)"}
+PROVENANCE_COLORS = {stream.DRAFT: "#b7e4a8", stream.BONUS: "#bcd7f5", stream.AUTOREGRESSIVE: "#e6e6e6",
+                     stream.PREFILL: "#e0d4f0"}
+PROVENANCE_LABELS = {stream.DRAFT: "accepted draft token", stream.BONUS: "bonus token (target's own)",
+                     stream.AUTOREGRESSIVE: "autoregressive token", stream.PREFILL: "first token (prefill)"}
 METHOD_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")  # Okabe-Ito
 PHASES = ("draft", "verify", "accept", "commit")
-MAL_NOTE = M.MAL_NOTE
+MAL_NOTE = metrics.MAL_NOTE
 
 
 def show_token(text: str) -> str:

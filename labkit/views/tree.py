@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .. import tree as T
+from .. import tree
 from ..trace import ACCEPTED, NOT_REACHED, REJECTED, Step
 from .style import STATUS_COLORS, STATUS_LABELS, STATUS_SYMBOLS, WHITESPACE_KEY, _esc, show_token
 
@@ -219,9 +219,9 @@ def tree_mask(step: Step) -> go.Figure:
     if not isinstance(step, Step):
         raise TypeError(f"tree_mask takes a Step, got {type(step).__name__}")
     parents = [n.parent for n in step.nodes]
-    mask = T.ancestor_mask(parents).int().tolist()
+    mask = tree.ancestor_mask(parents).int().tolist()
     start = verify_start(step)
-    pids = T.position_ids(parents, start)
+    pids = tree.position_ids(parents, start)
     toks = [step.root_text or str(step.root)] + [n.text or str(n.token) for n in step.nodes]
     statuses = ["root"] + [n.status for n in step.nodes]
     size = len(toks)
