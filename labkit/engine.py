@@ -66,8 +66,8 @@ class Method:
     lossless: ClassVar[bool] = True
     kind: ClassVar[str] = "speculative"  # speculative | baseline | strategy
     Params: ClassVar[type] = None  # a dataclass of parameters with defaults
-    # The keys every decode round's Step.state carries, declared next to the method that writes them: its state
-    # view (views.method_state) reads them, and a registry-wide test checks every round has them
+    # The keys every decode round's Step.state carries (with detail=True), declared next to the method that
+    # writes them: its state view (views.method_state) reads them, and a registry-wide test checks every round
     state_keys: ClassVar[tuple[str, ...]] = ()
     # A prompt on which this method's drafts show what they do (the app starts a visitor there)
     example: ClassVar[str] = "List the planets of the solar system in order, one per line, with one fact each."

@@ -161,15 +161,15 @@ class Session:
         return out
 
     def latency_curve(self, backend: str | None = None, *, refresh: bool = False):
-        """This device's latency curve for the session's model (`labkit.sizing.latency_curve`: one verify forward
+        """This device's latency curve for the session's model (`labkit.latency.latency_curve`: one verify forward
         over 1..81 tokens with a tree mask, the fastest of 7 shuffled repeats, cached on disk per model, device,
         dtype, backend and thread count). `backend="stock"` measures the stock path of the same model object
         (and switches back afterwards); None: the path the model runs on."""
-        from . import backends, sizing
+        from . import backends, latency
 
         lm = self.lm
         with backends.use(lm.model, backend or lm.backend):
-            return sizing.latency_curve(lm, refresh=refresh)
+            return latency.latency_curve(lm, refresh=refresh)
 
 
 def cfg_sampling(cfg: dict) -> S.SamplingConfig:

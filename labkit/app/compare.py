@@ -129,13 +129,13 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
     is token-identical to the baseline's (greedy); on a mismatch of a lossless method, the losslessness
     explainer's first-divergence report (top-2 margin, float64 re-run)."""
     from .. import check
-    from .. import sizing
+    from .. import latency
 
     base = lanes[0]
     base_m = M.compute(base["steps"]) if base["steps"] else None
     base_tok = [t for s in base["steps"] for t in s.tokens]
     try:
-        curve = sizing.latency_curve(lm)  # cached per model, device, dtype and backend (measured once otherwise)
+        curve = latency.latency_curve(lm)  # cached per model, device, dtype and backend (measured once otherwise)
     except Exception:  # noqa: BLE001  (the expected column is optional: a failure leaves it empty)
         log.exception("compare: latency curve")
         curve = None
@@ -180,7 +180,7 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
                 notes.append(f"- **{lane['name']}**: first divergence at token {pos}: {label(m_tok)!r} vs "
                              f"{label(b_tok)!r} (the explainer failed: {_user_message(e)})")
             verdict = f"✗ differs from token {pos}"
-        expected = sizing.expected_speedup(lane["steps"], curve)
+        expected = latency.expected_speedup(lane["steps"], curve)
         rows.append(f"| {lane['name']}{'' if lossless else ' (LOSSY)'} | {m.tokens_per_s:.1f} | "
                     f"{speed:.2f}× | {'-' if expected is None else f'{expected:.2f}×'} | {m.mean_accept_len:.2f} | "
                     f"{m.target_forwards} | {verdict} |")

@@ -57,14 +57,14 @@ def metrics_md(steps: list[Step]) -> str:
 def speed_md(steps: list[Step], lm: LM) -> str:
     """The run against plain decoding on this machine: what the latency curve predicts for its rounds, and what
     its decode rounds measured (their tokens/s times the curve's one-token step). "" when no curve is at hand."""
-    from .. import sizing
+    from .. import latency
 
     try:
-        curve = sizing.latency_curve(lm)  # cached per model, device, dtype and backend (measured once otherwise)
+        curve = latency.latency_curve(lm)  # cached per model, device, dtype and backend (measured once otherwise)
     except Exception:  # noqa: BLE001  (an optional figure: a failure leaves it out, with the traceback in the log)
         log.exception("latency curve")
         return ""
-    expected = sizing.expected_speedup(steps, curve)
+    expected = latency.expected_speedup(steps, curve)
     decode = [s for s in steps if s.kind == "decode"]
     seconds = sum(s.timing.total for s in decode)
     if expected is None or seconds <= 0:

@@ -101,9 +101,9 @@ def _log(msg: str) -> None:
 
 
 def _latency(lm, args) -> int:
-    from .. import sizing
+    from .. import latency
 
-    curve = sizing.latency_curve(lm, refresh=args.remeasure_latency, log=_log)
+    curve = latency.latency_curve(lm, refresh=args.remeasure_latency, log=_log)
     print(f"{lm.name} {lm.dtype} on {lm.device}, KV {curve.kv_len}, measured {curve.measured_at} "
           f"(load {curve.load})")
     for n, s in zip(curve.tokens, curve.seconds):
@@ -112,7 +112,7 @@ def _latency(lm, args) -> int:
 
 
 def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
-    from .. import methods, sizing
+    from .. import latency, methods
     from ..session import sampling_config
 
     torch.manual_seed(args.seed)
@@ -130,11 +130,11 @@ def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
     labels = references + [s.label for s in specs]
     todo = [q for q in questions if any((q["question_id"], lab) not in done for lab in labels)]
     dtype = str(lm.dtype).replace("torch.", "")
-    curve = sizing.latency_curve(lm, refresh=args.remeasure_latency, log=_log)
+    curve = latency.latency_curve(lm, refresh=args.remeasure_latency, log=_log)
     stock_curve = None
     if lm.backend != "stock":  # the report shows both execution paths' curves side by side
         with backends.use(lm.model, "stock"):
-            stock_curve = sizing.latency_curve(lm, refresh=args.remeasure_latency, log=_log)
+            stock_curve = latency.latency_curve(lm, refresh=args.remeasure_latency, log=_log)
     instances = {s.label: methods.create(s.name, lm, dict(s.params)) for s in specs}
     meta = {"model": args.model, "dtype": dtype, "device": str(lm.device), "machine": _machine(lm),
             "backend": lm.backend,

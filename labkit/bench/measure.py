@@ -85,10 +85,10 @@ def _record(q: dict, spec_label: str, method_name: str, params: dict, model_id: 
 def run_method(lm, method, spec: Spec, q: dict, ids: list[int], *, max_new_tokens: int, sampling, curve,
                model_id: str) -> dict:
     """One question through the labkit engine, timed from outside (device-synchronised)."""
-    from .. import engine, sizing
+    from .. import engine, latency
     from ..trace import TraceWriter
 
-    sizing.synchronize(lm.device)
+    latency.synchronize(lm.device)
     c0 = time.process_time()
     t0 = time.perf_counter()
     steps = engine.decode(lm, method, ids, max_new_tokens=max_new_tokens, sampling=sampling, detail=spec.traced)
@@ -102,7 +102,7 @@ def run_method(lm, method, spec: Spec, q: dict, ids: list[int], *, max_new_token
         steps = seen
     else:
         steps = list(steps)
-    sizing.synchronize(lm.device)
+    latency.synchronize(lm.device)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     m = metrics.compute(steps)
@@ -113,7 +113,7 @@ def run_method(lm, method, spec: Spec, q: dict, ids: list[int], *, max_new_token
     extra = {**m.as_dict(), "wall_outside": wall, "cpu_time": cpu, "load": _load(),
              "decode_tokens": sum(len(s.tokens) for s in decode),
              "decode_wall": sum(s.timing.total for s in decode),
-             "ideal_decode_seconds": sizing.ideal_seconds(nodes, curve) if curve is not None else None,
+             "ideal_decode_seconds": latency.ideal_seconds(nodes, curve) if curve is not None else None,
              "nodes_per_round": float(np.mean(nodes)) if nodes else 0.0,
              "sizing_nodes": _histogram(chosen), "finished": steps[-1].finished if steps else "",
              "prompt_tokens": len(ids), "traced": spec.traced}
@@ -126,7 +126,7 @@ def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, 
                  label: str = GENERATE) -> dict:
     """`model.generate` on the same prompt, on the STOCK model (the backend is switched to 'stock' for the call):
     the reference speed (greedy unless sampling is on). `label=GENERATE_PLD`: with transformers' prompt lookup."""
-    from .. import backends, sizing
+    from .. import backends, latency
     from .. import sampling as S
 
     x = torch.tensor([ids], device=lm.device)
@@ -137,12 +137,12 @@ def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, 
     if not sampling.greedy:
         torch.manual_seed(sampling.seed)
     with backends.use(lm.model, "stock"):
-        sizing.synchronize(lm.device)
+        latency.synchronize(lm.device)
         c0 = time.process_time()
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = lm.model.generate(x, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
-        sizing.synchronize(lm.device)
+        latency.synchronize(lm.device)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     tokens = out[0, len(ids):].tolist()

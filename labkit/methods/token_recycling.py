@@ -169,6 +169,8 @@ class TokenRecycling(Method):
         self._prompt_info = {}
         if n == 0:
             state["drafted"] = 0
+            if self.detail:
+                state["rows_read"] = {}  # no row read: plain decoding this round
             self._t_propose = self._clock() - t0
             return Proposal(state=state)
         # level by level, a node's token is M[parent token, rank]; -1 marks an unknown row

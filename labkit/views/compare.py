@@ -39,8 +39,8 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
     (coloured by provenance), the wall time at which each output position was committed (lower = faster), the
     target forward passes each needed (counted, not timed: what speculation saves, the same on every run) with
     the mean acceptance length, and whether the outputs are identical. With `curve` (a
-    `labkit.sizing.LatencyCurve`, e.g. `Session.latency_curve()`), each bar also says the speedup that curve
-    predicts for the rounds the method ran (`sizing.expected_speedup`). tokens/s is one wall-clock sample and
+    `labkit.latency.LatencyCurve`, e.g. `Session.latency_curve()`), each bar also says the speedup that curve
+    predicts for the rounds the method ran (`latency.expected_speedup`). tokens/s is one wall-clock sample and
     says so. `partial=True` while the runs are still streaming (or after a stop): only positions every run has
     produced are compared."""
     from ..methods import own_tokens_only
@@ -122,7 +122,7 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
 # ---- latency curve ---------------------------------------------------------------------------------
 
 def latency_curve(points: Any, *, title: str | None = None) -> go.Figure:
-    """Seconds for one target forward over n tokens: `points` is a `labkit.sizing.LatencyCurve` (the line is its
+    """Seconds for one target forward over n tokens: `points` is a `labkit.latency.LatencyCurve` (the line is its
     latency model, the fastest repeat per n; dots are every timed forward), a list of (n_tokens, seconds) pairs
     (repeats allowed: the line is the median per n), or a dict {label: either} for several curves (e.g. the
     stock and the fast execution path). Flat means extra draft tokens are nearly free on this device; the knee
