@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from .. import engine, methods
 from ..models import LM
@@ -80,5 +81,19 @@ class App(LiveTab, CompareTab, ExplorerTab, BenchTab, SparsityTab):
 
     busy_timeout = 5.0  # seconds a new run waits for the visitor's previous one (e.g. just after Stop)
 
-    def _acquire(self, visitor: Visitor) -> bool:
-        return visitor._busy.acquire(timeout=self.busy_timeout)
+    def _exclusive(self, visitor: Visitor, update: type, run: Callable[[Any], Iterator]) -> Iterator:
+        """Run one tab's generator `run(stop)` as the visitor's only run: a fresh stop flag (armed by the click),
+        the visitor's lock (a second run waits `busy_timeout` seconds, then is refused in one line), both
+        released whatever happens."""
+        stop = visitor.begin()
+        try:
+            if not visitor._busy.acquire(timeout=self.busy_timeout):
+                yield update(error="another run of yours is still going: stop it or wait for it to finish",
+                             done=True)
+                return
+            try:
+                yield from run(stop)
+            finally:
+                visitor._busy.release()
+        finally:
+            visitor.end(stop)

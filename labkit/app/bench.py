@@ -21,18 +21,8 @@ class BenchTab:
 
     def bench(self, visitor: Visitor, model, names, categories, n, max_new_tokens,
               progress: Callable[[float, str], None] | None = None) -> Iterator[BenchUpdate]:
-        stop = visitor.begin()
-        try:
-            if not self._acquire(visitor):
-                yield BenchUpdate(error="another run of yours is still going: stop it or wait for it to finish",
-                                  done=True)
-                return
-            try:
-                yield from self._bench(visitor, stop, model, names, categories, n, max_new_tokens, progress)
-            finally:
-                visitor._busy.release()
-        finally:
-            visitor.end(stop)
+        return self._exclusive(visitor, BenchUpdate, lambda stop: self._bench(visitor, stop, model, names, categories,
+                                                                              n, max_new_tokens, progress))
 
     def _bench(self, visitor, stop, model, names, categories, n, max_new_tokens, progress):
         from .. import bench as B

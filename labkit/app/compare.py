@@ -21,19 +21,10 @@ class CompareTab:
                 top_k=0, top_p=1.0, seed=0, params_by_method=None, chat=True) -> Iterator[CompareUpdate]:
         """Run 2-4 methods (and the autoregressive baseline) on one prompt, one round of each in turn, so they
         stream side by side; then speedups vs the baseline and an identical-output verdict."""
-        stop = visitor.begin()
-        try:
-            if not self._acquire(visitor):
-                yield CompareUpdate(error="another run of yours is still going: stop it or wait for it to finish",
-                                    done=True)
-                return
-            try:
-                yield from self._compare(visitor, stop, model, names, prompt, max_new_tokens, mode, temperature,
-                                         top_k, top_p, seed, params_by_method or {}, chat)
-            finally:
-                visitor._busy.release()
-        finally:
-            visitor.end(stop)
+        return self._exclusive(visitor, CompareUpdate, lambda stop: self._compare(visitor, stop, model, names, prompt,
+                                                                                  max_new_tokens, mode, temperature,
+                                                                                  top_k, top_p, seed,
+                                                                                  params_by_method or {}, chat))
 
     def _compare(self, visitor, stop, model, names, prompt, max_new_tokens, mode, temperature, top_k, top_p, seed,
                  params_by_method, chat):

@@ -21,19 +21,9 @@ class LiveTab:
              top_k=0, top_p=1.0, seed=0, params=None, chat=True) -> Iterator[LiveUpdate]:
         """Stream one generation: coloured text and metrics every step, the draft tree and the acceptance plot
         at most every `plot_interval` / `stats_interval` seconds, everything once more at the end."""
-        stop = visitor.begin()
-        try:
-            if not self._acquire(visitor):
-                yield LiveUpdate(error="another run of yours is still going: stop it or wait for it to finish",
-                                 status="", done=True)
-                return
-            try:
-                yield from self._live(visitor, stop, model, method, prompt, max_new_tokens, mode, temperature, top_k,
-                                      top_p, seed, params, chat)
-            finally:
-                visitor._busy.release()
-        finally:
-            visitor.end(stop)
+        return self._exclusive(visitor, LiveUpdate, lambda stop: self._live(visitor, stop, model, method, prompt,
+                                                                            max_new_tokens, mode, temperature, top_k,
+                                                                            top_p, seed, params, chat))
 
     def _live(self, visitor, stop, model, method, prompt, max_new_tokens, mode, temperature, top_k, top_p, seed,
               params, chat):

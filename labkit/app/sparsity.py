@@ -33,18 +33,9 @@ class SparsityTab:
         """Decode under a KV-selection policy: the text, the latest frame's layer x position heatmap, the cache
         residency timeline and fidelity vs dense (recall, KL, top-1 agreement), redrawn at most every
         `plot_interval` / `stats_interval` seconds."""
-        stop = visitor.begin()
-        try:
-            if not self._acquire(visitor):
-                yield SparsityUpdate(error="another run of yours is still going: stop it or wait for it to finish",
-                                     done=True)
-                return
-            try:
-                yield from self._sparsity(visitor, stop, model, policy, budget, prompt, max_new_tokens, method, chat)
-            finally:
-                visitor._busy.release()
-        finally:
-            visitor.end(stop)
+        return self._exclusive(visitor, SparsityUpdate, lambda stop: self._sparsity(visitor, stop, model, policy,
+                                                                                    budget, prompt, max_new_tokens,
+                                                                                    method, chat))
 
     def _sparsity(self, visitor, stop, model, policy, budget, prompt, max_new_tokens, method, chat):
         cfg = self.config
