@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from .questions import BASELINE, TRACE_SUFFIX
+from .questions import TRACE_SUFFIX
 from .records import read_meta, read_records, table
 
 
@@ -90,19 +90,13 @@ def html(rows: list[dict], meta: Sequence[dict] = (), title: str = "labkit bench
     """A self-contained page (plotly.js inlined, no CDN): the table and the figures."""
     import plotly.graph_objects as go
 
-    figs = []
+    from .. import views
+    from ..latency import LatencyCurve
+
+    # the same speedup chart the app's Bench tab and notebook 7 draw (one chart; wall-clock ratios here)
+    figs = [views.bench_summary([r for r in rows if not r["method"].endswith(TRACE_SUFFIX)], clock="wall",
+                                title="Speedup over the autoregressive baseline (same process) and acceptance length")]
     overall = [r for r in rows if r["category"] == "overall" and not r["method"].endswith(TRACE_SUFFIX)]
-    labels = [r["method"] for r in overall if r["method"] not in (BASELINE,)]
-    cats = list(dict.fromkeys(r["category"] for r in rows))
-    fig = go.Figure()
-    for lab in labels:
-        ys = [next(((r.get("speedup") or {}).get("tokens_per_s") for r in rows
-                    if r["method"] == lab and r["category"] == c), None) for c in cats]
-        fig.add_trace(go.Bar(name=lab, x=cats, y=ys))
-    fig.add_hline(y=1.0, line_dash="dash", line_color="gray")
-    fig.update_layout(title="Speedup over the autoregressive baseline (same process)", barmode="group",
-                      template="plotly_white", yaxis_title="x baseline tokens/s", height=420)
-    figs.append(fig)
     fig = go.Figure()
     for r in overall:
         if r["per_depth"]:
@@ -112,18 +106,9 @@ def html(rows: list[dict], meta: Sequence[dict] = (), title: str = "labkit bench
                       yaxis=dict(title="accepted / tried", range=[0, 1]), height=380)
     figs.append(fig)
     curves = latency_curves(meta)
-    if curves:
-        fig = go.Figure()
-        for name, c in curves.items():
-            fig.add_trace(go.Scatter(x=c["tokens"], y=[s * 1e3 for s in c["seconds"]], mode="lines+markers",
-                                     name=f"{name}: latency model"))
-            if c.get("samples"):
-                fig.add_trace(go.Scatter(x=[a for a, _ in c["samples"]], y=[b * 1e3 for _, b in c["samples"]],
-                                         mode="markers", marker=dict(size=4, opacity=0.35), name=f"{name}: each forward"))
-        fig.update_layout(title="Latency of one verify forward vs tokens in it, per execution path",
-                          template="plotly_white", xaxis=dict(title="query tokens (root + drafted nodes)", type="log"),
-                          yaxis=dict(title="ms", rangemode="tozero"), height=380)
-        figs.append(fig)
+    if curves:  # the same latency view as notebook 2, per execution path
+        figs.append(views.latency_curve({name: LatencyCurve.from_json(c) for name, c in curves.items()},
+                                        title="Latency of one verify forward vs tokens in it, per execution path"))
     fig = go.Figure()
     for r in overall:
         if r["sizing_nodes"]:
