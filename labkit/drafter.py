@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 
 from . import backends
-from . import sampling as S
+from .sampling import probs
 from . import tree
 from .engine import Method
 from .models import LM, cache_kwargs, load, load_tokenizer
@@ -259,7 +259,7 @@ class DrafterMethod(Method):
 
     def dist(self, logits: torch.Tensor, sampling) -> torch.Tensor:
         """The draft distribution q, transformed exactly as the target's p (float32, on the target's device)."""
-        return S.probs(logits, sampling).to(self.lm.device)
+        return probs(logits, sampling).to(self.lm.device)
 
     def draft_note(self) -> str:
         d = self.drafter.lm

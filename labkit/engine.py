@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 
 from . import accept as A
-from . import sampling as S
+from .sampling import GREEDY, SamplingConfig, probs
 from . import tree
 from .models import LM, cache_kwargs
 from .latency import synchronize
@@ -92,7 +92,7 @@ class Method:
     def reset(self) -> None:
         """Forget all state (e.g. a learned matrix)."""
 
-    def start(self, prompt: list[int], sampling: S.SamplingConfig) -> None:
+    def start(self, prompt: list[int], sampling: SamplingConfig) -> None:
         """Called once per generation, before the first proposal."""
 
     def prompt_positions(self) -> int:
@@ -104,27 +104,27 @@ class Method:
         """Called after the prefill when `prompt_positions()` > 0: `logits[i]` are the target's next-token
         logits after prompt[len(prompt) - len(logits) + i]."""
 
-    def propose(self, seq: list[int], sampling: S.SamplingConfig, generator: torch.Generator) -> Proposal:
+    def propose(self, seq: list[int], sampling: SamplingConfig, generator: torch.Generator) -> Proposal:
         return Proposal()
 
     def observe(self, v: Verified) -> dict:
         """Learn from the verified round; return what changed (goes into Step.state)."""
         return {}
 
-    def accept(self, prop: Proposal, logits: torch.Tensor, sampling: S.SamplingConfig,
+    def accept(self, prop: Proposal, logits: torch.Tensor, sampling: SamplingConfig,
                generator: torch.Generator, label: Callable[[int], str]) -> A.Outcome:
         """The acceptance rule: greedy longest match, or recursive rejection sampling over siblings.
         Methods with their own rule (SpecTr's k-sequential selection, lossy relaxed rules) override this."""
         if sampling.greedy:
             return A.greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
-        return A.rejection_tree(prop.parents, prop.tokens, S.probs(logits, sampling), prop.q, generator,
+        return A.rejection_tree(prop.parents, prop.tokens, probs(logits, sampling), prop.q, generator,
                                 without_replacement=prop.without_replacement)
 
     # Non-speculative strategies (beam search, contrastive search, ...) that do not fit
     # propose/verify/accept set `custom_loop = True` and implement `run`, yielding Steps themselves.
     custom_loop: ClassVar[bool] = False
 
-    def run(self, prompt: list[int], *, max_new_tokens: int, sampling: S.SamplingConfig, detail: bool,
+    def run(self, prompt: list[int], *, max_new_tokens: int, sampling: SamplingConfig, detail: bool,
             generator: torch.Generator, should_stop: Callable[[], bool] | None) -> Iterator[Step]:
         raise NotImplementedError
 
@@ -316,7 +316,7 @@ def check_request(lm: LM, prompt: list[int], max_new_tokens: int) -> None:
 
 
 def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 128,
-           sampling: S.SamplingConfig = S.GREEDY, detail: bool = True,
+           sampling: SamplingConfig = GREEDY, detail: bool = True,
            should_stop: Callable[[], bool] | None = None) -> Iterator[Step]:
     """Run `method` on `prompt` (token ids) and yield one Step per round.
 
@@ -359,7 +359,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     if sampling.greedy:
         first, how = int(logits.argmax()), BONUS_ARGMAX
     else:
-        first, how = A.sample(S.probs(logits, sampling), gen), BONUS_SAMPLED
+        first, how = A.sample(probs(logits, sampling), gen), BONUS_SAMPLED
     seq = list(prompt) + [first]
     n_new = 1
     finished = one_token_finished(first, n_new, eos, max_new_tokens)
@@ -428,7 +428,7 @@ def _truncate(prop: Proposal, n: int) -> Proposal:
     return dataclasses.replace(prop, tokens=prop.tokens[:n], parents=prop.parents[:n], q=q)
 
 
-def _nodes(lm: LM, prop: Proposal, out: A.Outcome, logits: torch.Tensor, sampling: S.SamplingConfig,
+def _nodes(lm: LM, prop: Proposal, out: A.Outcome, logits: torch.Tensor, sampling: SamplingConfig,
            detail: bool) -> tuple[Node, ...]:
     n = len(prop.tokens)
     if n == 0:
@@ -439,7 +439,7 @@ def _nodes(lm: LM, prop: Proposal, out: A.Outcome, logits: torch.Tensor, samplin
                           status=out.decisions[i].status) for i in range(n))
     tok = torch.tensor(prop.tokens, device=logits.device)
     rows = torch.tensor([p + 1 for p in prop.parents], device=logits.device)
-    p_x = S.probs(logits[rows], sampling).gather(-1, tok[:, None])[:, 0].tolist()
+    p_x = probs(logits[rows], sampling).gather(-1, tok[:, None])[:, 0].tolist()
     q_x = prop.q.gather(-1, tok[:, None].to(prop.q.device))[:, 0].tolist() if prop.q is not None else [None] * n
     texts = lm.token_texts(prop.tokens)
     return tuple(

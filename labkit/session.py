@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import __version__, engine, methods, metrics
-from . import sampling as S
+from .sampling import GREEDY, SamplingConfig
 from .models import DEFAULT_MODEL, LM, load
 from .trace import Step, TraceWriter, save_trace
 
@@ -38,8 +38,8 @@ class Run:
         save_trace(path, self.config, self.steps)
 
 
-def sampling_config(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> S.SamplingConfig:
-    return S.SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
+def sampling_config(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> SamplingConfig:
+    return SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Session:
                 m.reset()
 
     def config(self, method: engine.Method, prompt: str, prompt_ids: list[int], max_new_tokens: int,
-               sampling: S.SamplingConfig, chat: bool) -> dict:
+               sampling: SamplingConfig, chat: bool) -> dict:
         params = dataclasses.asdict(method.params) if method.params is not None else {}
         return {"labkit": __version__, "model": self.model_name, "dtype": str(self.lm.dtype).replace("torch.", ""),
                 "device": str(self.lm.device), "backend": self.lm.backend, "method": method.name,
@@ -95,12 +95,12 @@ class Session:
                 "max_new_tokens": max_new_tokens, "chat": chat, "prompt": prompt, "prompt_ids": prompt_ids}
 
     def prepare(self, method: str | engine.Method, prompt: str | list[int], *, max_new_tokens: int = 128,
-                sampling: S.SamplingConfig | None = None, chat: bool = True,
+                sampling: SamplingConfig | None = None, chat: bool = True,
                 params: dict | None = None) -> tuple[engine.Method, list[int], dict]:
         """Validate a request and resolve it to (method instance, prompt ids, run config)."""
         m = self.method(method, **(params or {})) if isinstance(method, str) else method
         engine.check_supported(m, self.lm)
-        sampling = sampling or S.GREEDY
+        sampling = sampling or GREEDY
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise ValueError("the prompt is empty")
@@ -112,7 +112,7 @@ class Session:
         return m, ids, cfg
 
     def start(self, method: str | engine.Method, prompt: str | list[int], *, max_new_tokens: int = 128,
-              sampling: S.SamplingConfig | None = None, chat: bool = True, detail: bool = True,
+              sampling: SamplingConfig | None = None, chat: bool = True, detail: bool = True,
               trace: str | None = None, should_stop: Callable[[], bool] | None = None,
               params: dict | None = None, sparsity: Any = None) -> "Started":
         """Check a request once and hand back everything a run needs: the method instance, the prompt ids, the
@@ -123,11 +123,10 @@ class Session:
         m, ids, cfg = self.prepare(method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, chat=chat,
                                    params=params)
         if sparsity is not None:
-            from . import sparsity as SP
-
-            events = SP.decode(self.lm, m, ids, sparsity, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
+            from .sparsity import decode, describe
+            events = decode(self.lm, m, ids, sparsity, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
                                detail=detail, should_stop=should_stop)
-            cfg = {**cfg, "sparsity": SP.describe(sparsity)}
+            cfg = {**cfg, "sparsity": describe(sparsity)}
         else:
             events = engine.decode(self.lm, m, ids, max_new_tokens=max_new_tokens, sampling=cfg_sampling(cfg),
                                    detail=detail, should_stop=should_stop)
@@ -172,8 +171,8 @@ class Session:
             return latency.latency_curve(lm, refresh=refresh)
 
 
-def cfg_sampling(cfg: dict) -> S.SamplingConfig:
-    return S.SamplingConfig(**cfg["sampling"])
+def cfg_sampling(cfg: dict) -> SamplingConfig:
+    return SamplingConfig(**cfg["sampling"])
 
 
 def _tee(steps: Iterator[Step], path, cfg: dict) -> Iterator[Step]:

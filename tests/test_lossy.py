@@ -13,7 +13,7 @@ import torch
 
 from labkit import accept
 from labkit import engine, methods
-from labkit import sampling as S
+from labkit.sampling import SamplingConfig, probs
 from labkit.check import greedy_reference
 from labkit.testing import toy_dist, chi2_pvalue as pvalue
 
@@ -115,7 +115,7 @@ def test_lossy_methods_greedy_identical_and_report_tv(tiny, name):
     ids = [5, 9, 3, 7, 1, 5, 9, 3]
     steps = list(engine.decode(lm, m, ids, max_new_tokens=24))
     assert [t for s in steps for t in s.tokens] == greedy_reference(lm, ids, 24)
-    steps = list(engine.decode(lm, m, ids, max_new_tokens=24, sampling=S.SamplingConfig(temperature=1.0, seed=3)))
+    steps = list(engine.decode(lm, m, ids, max_new_tokens=24, sampling=SamplingConfig(temperature=1.0, seed=3)))
     decode = [s for s in steps if s.kind == "decode"]
     assert all("tv_bound" in s.state for s in decode if s.nodes)
     assert sum(len(s.accepted) for s in decode) > 0
@@ -127,15 +127,15 @@ def test_typical_acceptance_measured_on_the_tiny_model(tiny):
     """The second generated token (the first one the rule decides; 3 new tokens leave the first round a one-node
     draft) vs its exact marginal under the target."""
     lm = tiny("llama")
-    cfg = S.SamplingConfig(temperature=1.0)
+    cfg = SamplingConfig(temperature=1.0)
     prompt = [5, 9, 3] + greedy_reference(lm, [5, 9, 3], 9)
-    p1 = S.probs(lm.model(torch.tensor([prompt])).logits[0, -1], cfg)
-    p2 = S.probs(lm.model(torch.tensor([prompt + [a] for a in range(32)])).logits[:, -1], cfg)
+    p1 = probs(lm.model(torch.tensor([prompt])).logits[0, -1], cfg)
+    p2 = probs(lm.model(torch.tensor([prompt + [a] for a in range(32)])).logits[:, -1], cfg)
     exact2 = (p1[:, None] * p2).sum(0)
     m = methods.create("typical_acceptance", lm)
     second, tvs = [], []
     for seed in range(200):
-        steps = list(engine.decode(lm, m, prompt, max_new_tokens=3, sampling=S.SamplingConfig(temperature=1.0, seed=seed)))
+        steps = list(engine.decode(lm, m, prompt, max_new_tokens=3, sampling=SamplingConfig(temperature=1.0, seed=seed)))
         second.append([t for s in steps for t in s.tokens][1])
         tvs.append(steps[1].state["tv_first"])
     measured = accept.tv(empirical(np.array(second), 32), exact2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from labkit import engine, methods
-from labkit import sampling as S
+from labkit.sampling import SamplingConfig, probs
 from labkit.testing import chi2_pvalue
 
 LOSSLESS = [n for n, c in methods.REGISTRY.items() if c.lossless]
@@ -30,11 +30,11 @@ def make_prompt(lm):
 def exact_marginals(lm, cfg, PROMPT):
     model = lm.model
     V = lm.config.vocab_size
-    p1 = S.probs(model(torch.tensor([PROMPT])).logits[0, -1], cfg)
+    p1 = probs(model(torch.tensor([PROMPT])).logits[0, -1], cfg)
     seq2 = torch.tensor([PROMPT + [a] for a in range(V)])
-    p2_given = S.probs(model(seq2).logits[:, -1], cfg)  # [x1, x2]
+    p2_given = probs(model(seq2).logits[:, -1], cfg)  # [x1, x2]
     seq3 = torch.tensor([PROMPT + [a, b] for a in range(V) for b in range(V)])
-    p3_given = S.probs(model(seq3).logits[:, -1], cfg).view(V, V, V)
+    p3_given = probs(model(seq3).logits[:, -1], cfg).view(V, V, V)
     joint12 = p1[:, None] * p2_given
     return joint12.sum(0), (joint12[:, :, None] * p3_given).sum((0, 1))
 
@@ -43,10 +43,10 @@ def chi2(samples, p):
     return chi2_pvalue(samples, p)
 
 
-BASE_CONFIGS = {"T1": S.SamplingConfig(temperature=1.0),
-                "T0.7-topk8-topp0.9": S.SamplingConfig(temperature=0.7, top_k=8, top_p=0.9)}
-EXTRA_CONFIGS = {"T1-minp0.1": S.SamplingConfig(temperature=1.0, min_p=0.1),
-                 "T1.2-typical0.8": S.SamplingConfig(temperature=1.2, typical_p=0.8)}
+BASE_CONFIGS = {"T1": SamplingConfig(temperature=1.0),
+                "T0.7-topk8-topp0.9": SamplingConfig(temperature=0.7, top_k=8, top_p=0.9)}
+EXTRA_CONFIGS = {"T1-minp0.1": SamplingConfig(temperature=1.0, min_p=0.1),
+                 "T1.2-typical0.8": SamplingConfig(temperature=1.2, typical_p=0.8)}
 # min-p and typical-p go through the same `sampling.probs` for draft and target, so one method per acceptance
 # family checks them (point masses, a q chain, siblings without replacement, K-SEQ, SJD); every method runs
 # the base configurations.
@@ -85,7 +85,7 @@ def test_same_seed_and_state_same_output(tiny, name):
     chooses tree sizes from measured wall times, so it is turned off here: with it, the same seed may draft a
     different tree and so draw other random numbers."""
     lm = tiny("llama")
-    cfg = S.SamplingConfig(temperature=1.0, seed=42)
+    cfg = SamplingConfig(temperature=1.0, seed=42)
     cls = methods.REGISTRY[name]
     fields = {f.name for f in dataclasses.fields(cls.Params)} if dataclasses.is_dataclass(cls.Params) else set()
     timing_free = {"sizing": "off"} if "sizing" in fields else None
@@ -99,11 +99,11 @@ def test_same_seed_and_state_same_output(tiny, name):
 
 def test_sampling_config_validation():
     with pytest.raises(ValueError):
-        S.SamplingConfig(temperature=-1)
+        SamplingConfig(temperature=-1)
     with pytest.raises(ValueError):
-        S.SamplingConfig(top_p=0)
+        SamplingConfig(top_p=0)
     with pytest.raises(ValueError):
-        S.SamplingConfig(min_p=1.0)
+        SamplingConfig(min_p=1.0)
     with pytest.raises(ValueError):
-        S.SamplingConfig(typical_p=0)
-    assert S.SamplingConfig().greedy and not S.SamplingConfig(temperature=0.5).greedy
+        SamplingConfig(typical_p=0)
+    assert SamplingConfig().greedy and not SamplingConfig(temperature=0.5).greedy

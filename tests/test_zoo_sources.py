@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labkit import engine
-from labkit import sampling as S
+from labkit.sampling import GREEDY, SamplingConfig
 from labkit.engine import Target, Verified
 from labkit.layers import LayerStack, scratch
 from labkit.methods.aded import Aded, AdedParams, TrigramMatrix
@@ -92,7 +92,7 @@ def test_aded_tree_is_puct_and_learns(tiny):
     m.matrix.update((1, 2), {3: 0.6, 4: 0.3, 5: 0.1})
     m.matrix.update((2, 3), {6: 1.0})
     m.matrix.update((2, 4), {7: 1.0})
-    prop = m.propose([1, 2], S.GREEDY, torch.Generator())
+    prop = m.propose([1, 2], GREEDY, torch.Generator())
     kids = [i for i, par in enumerate(prop.parents) if par == -1]
     # exploitation first (3, then its child 6); once that subtree is full, exploration reaches 4 and 5
     assert prop.tokens == [3, 6, 4, 7, 5] and prop.parents == [-1, 0, -1, 2, -1]
@@ -127,9 +127,9 @@ def test_longest_match_prefers_the_longest_then_the_most_recent():
 def test_copy_length_adapts(tiny):
     lm = tiny("llama")
     m = CopySpec(lm)
-    m.start([], S.GREEDY)
+    m.start([], GREEDY)
     seq = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 1, 2]
-    prop = m.propose(seq, S.GREEDY, torch.Generator())
+    prop = m.propose(seq, GREEDY, torch.Generator())
     assert prop.tokens == [3, 4, 5, 6, 7, 8] and prop.state["match_len"] == 2
     logits = torch.zeros(7, 32)
     m.observe(Verified(seq, prop, logits, list(range(6)), 9))
@@ -144,9 +144,9 @@ def test_lookahead_tree_pool_and_window(tiny):
     lm = tiny("llama")
     m = Lookahead(lm, LookaheadParams(window=3, ngram=3, guesses=2))
     prompt = [5, 6, 7, 5, 6, 8, 1]
-    m.start(prompt, S.GREEDY)
+    m.start(prompt, GREEDY)
     assert m.pool[5] == [(6, 8), (6, 7)] and m.pool[6] == [(8, 1), (7, 5)]  # most recent first
-    prop = m.propose(prompt + [5], S.GREEDY, torch.Generator())
+    prop = m.propose(prompt + [5], GREEDY, torch.Generator())
     # verification trie (6 -> 8, 6 -> 7 share the 6), then the trunk chain, then one diagonal node per column
     assert prop.tokens[:3] == [6, 8, 7] and prop.parents[:3] == [-1, 0, 0]
     trunk = [3, 4, 5]
@@ -268,7 +268,7 @@ def test_early_exit_tracks_layers_and_leaves_the_cache(tiny):
 def test_states_are_json_and_reset_repeats(tiny, cls):
     lm = tiny("qwen2")
     m = cls(lm)
-    cfg = S.SamplingConfig(temperature=0.8, seed=3)
+    cfg = SamplingConfig(temperature=0.8, seed=3)
     ids = [random.Random(1).randrange(32) for _ in range(12)]
     runs = []
     for _ in range(2):
@@ -287,13 +287,13 @@ def test_lookahead_sjd_trunk_through_the_engine_preserves_the_distribution(tiny)
     from test_sampling import chi2, exact_marginals, make_prompt
 
     lm = tiny("llama")
-    cfg = S.SamplingConfig(temperature=1.0)
+    cfg = SamplingConfig(temperature=1.0)
     prompt = make_prompt(lm)
     exact2, exact3 = exact_marginals(lm, cfg, prompt)
     m = Lookahead(lm, LookaheadParams(window=3, ngram=2, guesses=1))
     t2, t3, trunk_wins = [], [], 0
     for seed in range(400):
-        c = S.SamplingConfig(temperature=1.0, seed=seed)
+        c = SamplingConfig(temperature=1.0, seed=seed)
         steps = list(engine.decode(lm, m, prompt, max_new_tokens=6, sampling=c, detail=False))
         toks = [t for s in steps for t in s.tokens]
         t2.append(toks[1])

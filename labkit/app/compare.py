@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from .. import backends, methods, views
-from .. import metrics as M
+from ..metrics import MAL_NOTE, compute as compute_metrics
 from ..models import LM
 from .config import BASELINE, COMPARE_COLUMNS, MAX_COMPARE, USER_ERRORS, log
 from .updates import Column, CompareUpdate, FIGURES, Throttle, _finish_reason, _short, _user_message, metrics_md, stream_html
@@ -123,7 +123,7 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
     from .. import latency
 
     base = lanes[0]
-    base_m = M.compute(base["steps"]) if base["steps"] else None
+    base_m = compute_metrics(base["steps"]) if base["steps"] else None
     base_tok = [t for s in base["steps"] for t in s.tokens]
     try:
         curve = latency.latency_curve(lm)  # cached per model, device, dtype and backend (measured once otherwise)
@@ -137,7 +137,7 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
         if not lane["steps"]:
             rows.append(f"| {lane['name']} | - | - | - | - | - | {lane['error'] or 'no output'} |")
             continue
-        m = M.compute(lane["steps"])
+        m = compute_metrics(lane["steps"])
         speed = m.tokens_per_s / base_m.tokens_per_s if base_m and base_m.tokens_per_s else float("nan")
         toks = [t for s in lane["steps"] for t in s.tokens]
         lossless = methods.info(lane["name"])["lossless"]
@@ -175,7 +175,7 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
         rows.append(f"| {lane['name']}{'' if lossless else ' (LOSSY)'} | {m.tokens_per_s:.1f} | "
                     f"{speed:.2f}× | {'-' if expected is None else f'{expected:.2f}×'} | {m.mean_accept_len:.2f} | "
                     f"{m.target_forwards} | {verdict} |")
-    out = "\n".join(rows) + f"\n\n_Accept len: {M.MAL_NOTE}._"
+    out = "\n".join(rows) + f"\n\n_Accept len: {MAL_NOTE}._"
     if curve is not None:
         out += (f"\n\n_Execution path: {backends.describe(lm.backend)}. Expected = tokens per round x t(1 token) / "
                 f"t(the round's tree) from this machine's latency curve (t(8) = {curve.t(7) / curve.t(0):.2f} x "

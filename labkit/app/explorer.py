@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import views
-from .. import trace as TR
+from ..trace import EVENT_TYPES, Trace, parse_trace, save_trace
 from ..sparsity import views as sparsity_views
 from ..trace import Step, TraceError
 from .config import log
@@ -105,7 +105,7 @@ class ExplorerTab:
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"{_slug(key)}.jsonl"
         if not path.exists():
-            TR.save_trace(path, rec.config, rec.events)
+            save_trace(path, rec.config, rec.events)
         keep = {f"{_slug(k)}.jsonl" for k in visitor.runs}
         for old in d.glob("*.jsonl"):  # files of runs the visitor no longer has
             if old.name not in keep:
@@ -154,7 +154,7 @@ def _slug(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:60].strip("_") or "run"
 
 
-def parse_upload(text: str) -> tuple[TR.Trace, int]:
+def parse_upload(text: str) -> tuple[Trace, int]:
     """parse_trace, after dropping event lines whose type this process does not know (consumers skip event
     types they do not handle) and checking that the steps are well-formed trees. Returns (trace, skipped)."""
     # (labkit.sparsity, imported above, registered its frames' event type)
@@ -166,11 +166,11 @@ def parse_upload(text: str) -> tuple[TR.Trace, int]:
                 data = json.loads(line)
             except json.JSONDecodeError:
                 data = None
-            if isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"] not in TR.EVENT_TYPES:
+            if isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"] not in EVENT_TYPES:
                 skipped += 1
                 continue
         kept.append(line)
-    trace = TR.parse_trace("\n".join(kept))
+    trace = parse_trace("\n".join(kept))
     steps = trace.steps
     if not steps:
         raise TraceError("the trace has no steps")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from .. import methods, sparsity
-from .. import metrics as M
+from ..metrics import compute as compute_metrics
 from ..params import ParamError
 from ..sparsity import views as sparsity_views
 from ..trace import Step
@@ -121,7 +121,7 @@ def sparsity_md(steps: list[Step], frames: list) -> str:
              f"KL(dense ‖ policy) **{kl:.4f}** nats" if kl is not None else "KL -",
              f"top-1 agreement **{top1:.0%}**" if top1 is not None else "top-1 agreement -",
              f"KV read **{kv:.0%}** of dense" if kv is not None else "KV read -"]
-    m = M.compute(steps) if steps else None
+    m = compute_metrics(steps) if steps else None
     if m is not None:
         parts.append(f"{m.new_tokens} tokens, {m.tokens_per_s:.1f} tok/s")
     return " · ".join(parts) + f" (mean over {len(dec)} decode rounds)"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import methods, views
-from .. import metrics as M
+from ..metrics import compute as compute_metrics
 from ..models import LM
 from ..trace import Step
 from .config import UNCHANGED, USER_ERRORS, log
@@ -47,7 +47,7 @@ def stream_html(steps: list[Step], method: str | None = None, note: bool = True)
 def metrics_md(steps: list[Step]) -> str:
     if not steps:
         return ""
-    m = M.compute(steps)
+    m = compute_metrics(steps)
     acc = f"{m.accepted}/{m.drafted} ({m.draft_acceptance_rate:.0%})" if m.drafted else "-"
     return (f"**{m.tokens_per_s:.1f}** tok/s · mean acceptance length **{m.mean_accept_len:.2f}** · "
             f"target forwards **{m.target_forwards}** · {m.new_tokens} tokens in {m.rounds} rounds · "

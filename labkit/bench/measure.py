@@ -127,11 +127,10 @@ def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, 
     """`model.generate` on the same prompt, on the STOCK model (the backend is switched to 'stock' for the call):
     the reference speed (greedy unless sampling is on). `label=GENERATE_PLD`: with transformers' prompt lookup."""
     from .. import backends, latency
-    from .. import sampling as S
-
+    from ..sampling import generate_kwargs
     x = torch.tensor([ids], device=lm.device)
     mask = torch.ones_like(x)
-    kwargs = S.generate_kwargs(sampling)
+    kwargs = generate_kwargs(sampling)
     if label == GENERATE_PLD:
         kwargs["prompt_lookup_num_tokens"] = PLD_TOKENS
     if not sampling.greedy:

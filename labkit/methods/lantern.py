@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import accept as A
-from .. import sampling as S
+from ..sampling import probs
 from ..drafter import DrafterMethod, draft_param
 from ..engine import Proposal, Verified
 from ..params import param
@@ -98,14 +98,14 @@ class Lantern(DrafterMethod):
         if sampling.greedy or not prop.tokens:
             return super().accept(prop, logits, sampling, generator, label)
         nb = self.neighbours(list(prop.tokens)).to(logits.device)
-        out = A.lantern_chain(prop.tokens, S.probs(logits, sampling), prop.q, nb, self.params.delta, generator)
+        out = A.lantern_chain(prop.tokens, probs(logits, sampling), prop.q, nb, self.params.delta, generator)
         self._relaxed = sum(1 for i in out.path if out.decisions[i].reason.endswith("(relaxed)"))
         return out
 
     def observe(self, v: Verified) -> dict:
         if self._sampling.greedy or not v.proposal.tokens:
             return {}
-        p0 = S.probs(v.logits[0], self._sampling)
+        p0 = probs(v.logits[0], self._sampling)
         q0 = v.proposal.q[0]
         excess = torch.clamp(q0 - p0, min=0)
         top = torch.topk(excess, min(8, excess.numel()))

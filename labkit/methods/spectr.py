@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import accept as A
-from .. import sampling as S
+from ..sampling import probs
 from ..drafter import DrafterMethod, draft_param
 from ..engine import Proposal
 from ..params import param
@@ -80,7 +80,7 @@ class SpecTr(DrafterMethod):
     def accept(self, prop, logits, sampling, generator, label) -> A.Outcome:
         if sampling.greedy:
             return A.greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
-        return A.spectr_tree(prop.parents, prop.tokens, prop.k, S.probs(logits, sampling), prop.q, generator)
+        return A.spectr_tree(prop.parents, prop.tokens, prop.k, probs(logits, sampling), prop.q, generator)
 
     def describe(self) -> str:
         return f"SpecTr: {self.params.k} sequences x {self.params.draft_len} tokens, K-SEQ ({self.draft_note()})"

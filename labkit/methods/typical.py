@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import accept as A
-from .. import sampling as S
+from ..sampling import SamplingConfig, probs
 from .. import templates
 from ..engine import Proposal, Verified
 from ..drafter import draft_param
@@ -45,7 +45,7 @@ class TypicalAcceptance(StaticTree):
 
     def propose(self, seq, sampling, generator) -> Proposal:
         # deterministic top-ranked candidates in every mode (Medusa's heads' top-k)
-        greedy = S.SamplingConfig()
+        greedy = SamplingConfig()
         prop = super().propose(seq, greedy, generator)
         prop.without_replacement = False
         return prop
@@ -53,7 +53,7 @@ class TypicalAcceptance(StaticTree):
     def accept(self, prop, logits, sampling, generator, label) -> A.Outcome:
         if sampling.greedy:
             return A.greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
-        return A.typical_tree(prop.parents, prop.tokens, S.probs(logits, sampling), generator,
+        return A.typical_tree(prop.parents, prop.tokens, probs(logits, sampling), generator,
                               epsilon=self.params.epsilon, alpha=self.params.alpha)
 
     def start(self, prompt, sampling) -> None:
@@ -64,7 +64,7 @@ class TypicalAcceptance(StaticTree):
     def observe(self, v: Verified) -> dict:
         if self._sampling.greedy:
             return {"tv_first": 0.0, "note": "greedy: longest-match verification, lossless"}
-        p0 = S.probs(v.logits[0], self._sampling)
+        p0 = probs(v.logits[0], self._sampling)
         tv = 1.0 - float(p0[v.proposal.tokens[v.path[0]]]) if v.path else 0.0
         self._tv.append(tv)
         return {"tv_first": round(tv, 4), "tv_bound": round(A.typical_tv_bound(p0, self.params.epsilon,

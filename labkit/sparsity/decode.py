@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .. import engine
-from .. import sampling as S
+from ..sampling import GREEDY, SamplingConfig
 from ..models import cache_kwargs
 from . import policies
 from .instrument import LayerHeadSelection, capture
@@ -82,7 +82,7 @@ class DenseShadow:
 
 
 def decode(lm, method: engine.Method, prompt: list[int], sparsity: Any = "dense", *, max_new_tokens: int = 128,
-           sampling: S.SamplingConfig = S.GREEDY, detail: bool = True,
+           sampling: SamplingConfig = GREEDY, detail: bool = True,
            should_stop: Callable[[], bool] | None = None) -> Iterator:
     """Validate now, then return a generator of events: each Step followed by its SparsityFrame."""
     opts = options(sparsity)
