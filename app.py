@@ -20,7 +20,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from labkit import app as H  # noqa: E402
+from labkit.app import (  # noqa: E402
+    App, AppConfig, BASELINE, BENCH_HEADERS, bench_table, collect_params, COMPARE_COLUMNS, DECISION_HEADERS,
+    ExplorerUpdate, MAX_COMPARE, method_card, method_label, method_names, methods, MODES, param_layout, ParamError,
+    UNCHANGED, Visitor,
+)
 from labkit.app.components import CheckboxGroup, Dropdown, Number, Radio, Slider, max_new_box  # noqa: E402
 from labkit.bench import CATEGORIES  # noqa: E402
 
@@ -51,7 +55,7 @@ CSS = """
 
 DEFAULT_PROMPT = "Explain in a few sentences why the sky is blue."
 # the methods' own example prompts (where each one's drafts shine) first, then two plain ones
-EXAMPLES = list(dict.fromkeys([*(H.methods.get(n).example for n in H.method_names()), DEFAULT_PROMPT,
+EXAMPLES = list(dict.fromkeys([*(methods.get(n).example for n in method_names()), DEFAULT_PROMPT,
                                "Write a short Python function that checks whether a number is prime."]))
 INTRO = ("# labkit: watch fast decoding happen\n"
          "Instrumented speculative decoders on a real causal LM. Every round the method drafts a tree of tokens, "
@@ -62,7 +66,7 @@ INTRO = ("# labkit: watch fast decoding happen\n"
 
 def _v(x):
     """A handler field -> a component value (UNCHANGED leaves the component as it is)."""
-    return gr.skip() if x is H.UNCHANGED else x
+    return gr.skip() if x is UNCHANGED else x
 
 
 def _status(u) -> str:
@@ -125,7 +129,7 @@ def _param_forms(prefix: str, layout, visible: set[str]):
 
 
 def _sampling_controls(prefix: str):
-    mode = Radio(list(H.MODES), value="greedy", label="Decoding", elem_id=f"lk-{prefix}-mode",
+    mode = Radio(list(MODES), value="greedy", label="Decoding", elem_id=f"lk-{prefix}-mode",
                     info="greedy: outputs must be token-identical for lossless methods")
     with gr.Row(visible=False) as row:
         temperature = Slider(0.05, 2.0, value=0.8, step=0.05, label="temperature")
@@ -138,12 +142,12 @@ def _sampling_controls(prefix: str):
     return mode, temperature, top_k, top_p, seed, chat
 
 
-def build(app: H.App) -> gr.Blocks:
+def build(app: App) -> gr.Blocks:
     cfg = app.config
-    names = H.method_names()
-    labels = [(H.method_label(n), n) for n in names]
+    names = method_names()
+    labels = [(method_label(n), n) for n in names]
     default_method = "token_recycling" if "token_recycling" in names else names[0]
-    layout = H.param_layout()
+    layout = param_layout()
     keys = [(m, p["name"]) for m, p in layout]
     compare_default = [n for n in ("prompt_lookup", "token_recycling") if n in names] or names[:2]
     models_choices = list(cfg.models)
@@ -153,14 +157,14 @@ def build(app: H.App) -> gr.Blocks:
     # delete_cache: files Gradio served (trace downloads, uploads) are removed after two hours
     with gr.Blocks(title="labkit: watch fast decoding happen", analytics_enabled=False,
                    delete_cache=(3600, 7200)) as demo:
-        state = gr.State(H.Visitor)
+        state = gr.State(Visitor)
         gr.Markdown(INTRO)
         with gr.Tabs():
             # ---------------------------------------------------------------- Live
             with gr.Tab("Live", id="live"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
-                        prompt = gr.Textbox(value=H.methods.get(default_method).example, label="Prompt", lines=3,
+                        prompt = gr.Textbox(value=methods.get(default_method).example, label="Prompt", lines=3,
                                             max_lines=12, elem_id="lk-live-prompt")
                         with gr.Row():
                             run = gr.Button("Generate", variant="primary", elem_id="lk-live-run")
@@ -168,7 +172,7 @@ def build(app: H.App) -> gr.Blocks:
                         model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)",
                                             elem_id="lk-live-model")
                         method = Dropdown(labels, value=default_method, label="Method", elem_id="lk-live-method")
-                        card = gr.Markdown(H.method_card(default_method), elem_id="lk-live-card")
+                        card = gr.Markdown(method_card(default_method), elem_id="lk-live-card")
                         with gr.Accordion("Method parameters", open=True):
                             live_params, live_groups = _param_forms("live", layout, {default_method})
                         max_new = max_new_box(cfg.default_new_tokens, cfg.max_new_tokens, "lk-live-max-new")
@@ -197,8 +201,8 @@ def build(app: H.App) -> gr.Blocks:
                             c_stop = gr.Button("Stop", variant="stop", elem_id="lk-compare-stop")
                         c_model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
                         c_methods = Dropdown(labels, value=compare_default, multiselect=True,
-                                                max_choices=H.MAX_COMPARE, elem_id="lk-compare-methods",
-                                                label=f"Methods (2 to {H.MAX_COMPARE}; the autoregressive baseline "
+                                                max_choices=MAX_COMPARE, elem_id="lk-compare-methods",
+                                                label=f"Methods (2 to {MAX_COMPARE}; the autoregressive baseline "
                                                       "always runs)")
                         with gr.Accordion("Parameters of the picked methods", open=False):
                             c_params, c_groups = _param_forms("compare", layout, set(compare_default))
@@ -211,7 +215,7 @@ def build(app: H.App) -> gr.Blocks:
                         c_plot = gr.Plot(label="Side by side", elem_id="lk-compare-plot")
                 c_cols, c_titles, c_streams, c_metrics = [], [], [], []
                 with gr.Row(equal_height=False):
-                    for i in range(H.COMPARE_COLUMNS):
+                    for i in range(COMPARE_COLUMNS):
                         with gr.Column(visible=False, min_width=220) as col:
                             c_titles.append(gr.Markdown(elem_id=f"lk-compare-title-{i}"))
                             c_metrics.append(gr.Markdown(elem_id=f"lk-compare-metrics-{i}"))
@@ -235,7 +239,7 @@ def build(app: H.App) -> gr.Blocks:
                 x_step = Slider(0, 1, value=0, step=1, label="Step", elem_id="lk-trace-step")
                 x_summary = gr.Markdown(elem_id="lk-trace-summary")
                 x_tree = gr.Plot(label="Draft tree and decisions", elem_id="lk-trace-tree")
-                x_table = gr.Dataframe(headers=H.DECISION_HEADERS, label="Decisions (one row per draft node)",
+                x_table = gr.Dataframe(headers=DECISION_HEADERS, label="Decisions (one row per draft node)",
                                        wrap=True, interactive=False, elem_id="lk-trace-decisions")
                 x_mask = gr.Plot(label="Tree attention mask of the verify pass", elem_id="lk-trace-mask")
                 x_state_plot = gr.Plot(label="Method state", elem_id="lk-trace-state-plot")
@@ -247,7 +251,7 @@ def build(app: H.App) -> gr.Blocks:
             # ---------------------------------------------------------------- Sparsity
             with gr.Tab("Sparsity", id="sparsity"):
                 policies = app.sparsity_policies()
-                engine_methods = [x for x in labels if not H.methods.get(x[1]).custom_loop]
+                engine_methods = [x for x in labels if not methods.get(x[1]).custom_loop]
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
                         s_prompt = gr.Textbox(value=DEFAULT_PROMPT, label="Prompt", lines=3, elem_id="lk-sparsity-prompt")
@@ -260,7 +264,7 @@ def build(app: H.App) -> gr.Blocks:
                         s_budget = Slider(4, 1024, value=48, step=4, label="KV budget (committed entries read)",
                                              info="per layer or KV head, depending on the policy; dense ignores it",
                                              elem_id="lk-sparsity-budget")
-                        s_method = Dropdown(engine_methods, value=H.BASELINE, label="Decoding method")
+                        s_method = Dropdown(engine_methods, value=BASELINE, label="Decoding method")
                         s_max_new = max_new_box(min(48, cfg.max_new_tokens), cfg.max_new_tokens, "lk-sparsity-max-new")
                         s_chat = gr.Checkbox(value=True, label="chat template")
                     with gr.Column(scale=3, min_width=420):
@@ -278,7 +282,7 @@ def build(app: H.App) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
                         b_model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        b_methods = Dropdown([x for x in labels if x[1] != H.BASELINE], value=compare_default,
+                        b_methods = Dropdown([x for x in labels if x[1] != BASELINE], value=compare_default,
                                                 multiselect=True, elem_id="lk-bench-methods",
                                                 label="Methods (the autoregressive baseline always runs)")
                         b_cats = CheckboxGroup(list(CATEGORIES), value=["mt_bench", "summarization", "qa"],
@@ -293,7 +297,7 @@ def build(app: H.App) -> gr.Blocks:
                         b_status = gr.Markdown("Greedy, interleaved question by question; speedups are ratios "
                                                "measured in this run.", elem_classes="lk-status",
                                                elem_id="lk-bench-status")
-                        b_table = gr.Dataframe(headers=H.BENCH_HEADERS, label="Results", interactive=False, wrap=True,
+                        b_table = gr.Dataframe(headers=BENCH_HEADERS, label="Results", interactive=False, wrap=True,
                                                column_widths=["15%", "21%", "11%", "9%", "9%", "10%", "11%", "14%"],
                                                elem_id="lk-bench-table")
                         b_plot = gr.Plot(label="Speedup and acceptance length per category", elem_id="lk-bench-plot")
@@ -312,17 +316,17 @@ def build(app: H.App) -> gr.Blocks:
         def on_method(name, current):
             # a prompt the visitor has not edited follows the method to the method's own example
             try:
-                example = H.methods.get(name).example if str(current or "").strip() in EXAMPLES else None
-            except H.ParamError:
+                example = methods.get(name).example if str(current or "").strip() in EXAMPLES else None
+            except ParamError:
                 example = None
-            return [gr.update(visible=m == name) for m in live_groups] + [H.method_card(name)] + \
+            return [gr.update(visible=m == name) for m in live_groups] + [method_card(name)] + \
                 [gr.update(value=example) if example else gr.skip()]
 
         method.change(on_method, [method, prompt], list(live_groups.values()) + [card, prompt], queue=False,
                       show_progress="hidden", api_visibility="private")
 
         def live_fn(visitor, model, method, prompt, max_new, mode, temperature, top_k, top_p, seed, chat, *pvals):
-            params = H.collect_params(pvals, keys).get(method, {})
+            params = collect_params(pvals, keys).get(method, {})
             for u in app.live(visitor, model, method, prompt, max_new, mode, temperature, top_k, top_p, seed, params,
                               chat):
                 if u.error:
@@ -356,13 +360,13 @@ def build(app: H.App) -> gr.Blocks:
                          show_progress="hidden", api_visibility="private")
 
         def compare_fn(visitor, model, picked, prompt, max_new, mode, temperature, top_k, top_p, seed, chat, *pvals):
-            by_method = H.collect_params(pvals, keys)
+            by_method = collect_params(pvals, keys)
             for u in app.compare(visitor, model, picked, prompt, max_new, mode, temperature, top_k, top_p, seed,
                                  by_method, chat):
                 if u.error:
                     gr.Warning(u.error)
-                if u.columns is H.UNCHANGED:
-                    cols = [gr.skip()] * (4 * H.COMPARE_COLUMNS)
+                if u.columns is UNCHANGED:
+                    cols = [gr.skip()] * (4 * COMPARE_COLUMNS)
                 else:
                     cols = []
                     for c in u.columns:
@@ -374,7 +378,7 @@ def build(app: H.App) -> gr.Blocks:
         compare_inputs = [state, c_model, c_methods, c_prompt, c_max_new, c_mode, c_temp, c_topk, c_topp, c_seed,
                           c_chat, *c_params]
         col_outputs = list(c_cols)
-        for i in range(H.COMPARE_COLUMNS):
+        for i in range(COMPARE_COLUMNS):
             col_outputs += [c_titles[i], c_metrics[i], c_streams[i]]
         compare_ev = c_run.click(arm, state, [state, c_status], queue=False, show_progress="hidden", api_visibility="private").then(
             compare_fn, compare_inputs, [state, c_status, c_verdict, c_plot, *col_outputs], api_name="compare",
@@ -418,8 +422,8 @@ def build(app: H.App) -> gr.Blocks:
                                progress=lambda frac, desc: progress(frac, desc=desc)):
                 if u.error:
                     gr.Warning(u.error)
-                table = gr.skip() if u.rows is H.UNCHANGED else pd.DataFrame(H.bench_table(u.rows),
-                                                                             columns=H.BENCH_HEADERS)
+                table = gr.skip() if u.rows is UNCHANGED else pd.DataFrame(bench_table(u.rows),
+                                                                             columns=BENCH_HEADERS)
                 yield visitor, _status(u), table, _v(u.plot)
 
         b_run.click(arm, state, [state, b_status], queue=False, show_progress="hidden", api_visibility="private").then(
@@ -431,9 +435,9 @@ def build(app: H.App) -> gr.Blocks:
     return demo
 
 
-def _explorer_values(up: H.ExplorerUpdate) -> list:
+def _explorer_values(up: ExplorerUpdate) -> list:
     v = up.view
-    table = pd.DataFrame(v.decisions, columns=H.DECISION_HEADERS)
+    table = pd.DataFrame(v.decisions, columns=DECISION_HEADERS)
     err = up.error or v.error
     return [gr.update(choices=up.choices, value=up.selected),
             gr.update(minimum=0, maximum=max(up.max_step, 1), value=up.step, interactive=up.max_step > 0),
@@ -442,12 +446,12 @@ def _explorer_values(up: H.ExplorerUpdate) -> list:
             gr.update(value=v.sparsity, visible=v.sparsity is not None)]
 
 
-CONFIG = H.AppConfig.from_env()
-APP = H.App(CONFIG)
+CONFIG = AppConfig.from_env()
+APP = App(CONFIG)
 demo = build(APP)
 
 
-def launch(blocks: gr.Blocks | None = None, config: H.AppConfig | None = None, **kwargs):
+def launch(blocks: gr.Blocks | None = None, config: AppConfig | None = None, **kwargs):
     """Launch with the app's theme (system fonts), CSS and limits; kwargs go to `Blocks.launch`."""
     cfg = config or CONFIG
     opts = dict(theme=THEME, css=CSS, max_file_size=f"{cfg.max_upload_mb:g}mb", footer_links=["api"],
@@ -476,12 +480,12 @@ def main(argv=None) -> int:
     overrides = dict(models=tuple(args.models.split(",")) if args.models else None, concurrency=args.concurrency,
                      max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device, backend=args.backend)
     try:
-        cfg = H.AppConfig.from_env(**overrides)
+        cfg = AppConfig.from_env(**overrides)
     except ValueError as e:
         print(f"app.py: error: {e}", file=sys.stderr)
         return 2
     if cfg != CONFIG:
-        CONFIG, APP = cfg, H.App(cfg)
+        CONFIG, APP = cfg, App(cfg)
         demo = build(APP)
     print(f"labkit app: models {', '.join(cfg.models)} (default {cfg.default_model}); "
           f"{cfg.concurrency} generation(s) at once; backend {cfg.backend}", flush=True)

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 
-from . import accept as A
+from .accept import Outcome, greedy_tree, rejection_tree, sample
 from .sampling import GREEDY, SamplingConfig, probs
 from . import tree
 from .models import LM, cache_kwargs
@@ -112,12 +112,12 @@ class Method:
         return {}
 
     def accept(self, prop: Proposal, logits: torch.Tensor, sampling: SamplingConfig,
-               generator: torch.Generator, label: Callable[[int], str]) -> A.Outcome:
+               generator: torch.Generator, label: Callable[[int], str]) -> Outcome:
         """The acceptance rule: greedy longest match, or recursive rejection sampling over siblings.
         Methods with their own rule (SpecTr's k-sequential selection, lossy relaxed rules) override this."""
         if sampling.greedy:
-            return A.greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
-        return A.rejection_tree(prop.parents, prop.tokens, probs(logits, sampling), prop.q, generator,
+            return greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
+        return rejection_tree(prop.parents, prop.tokens, probs(logits, sampling), prop.q, generator,
                                 without_replacement=prop.without_replacement)
 
     # Non-speculative strategies (beam search, contrastive search, ...) that do not fit
@@ -359,7 +359,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     if sampling.greedy:
         first, how = int(logits.argmax()), BONUS_ARGMAX
     else:
-        first, how = A.sample(probs(logits, sampling), gen), BONUS_SAMPLED
+        first, how = sample(probs(logits, sampling), gen), BONUS_SAMPLED
     seq = list(prompt) + [first]
     n_new = 1
     finished = one_token_finished(first, n_new, eos, max_new_tokens)
@@ -428,7 +428,7 @@ def _truncate(prop: Proposal, n: int) -> Proposal:
     return dataclasses.replace(prop, tokens=prop.tokens[:n], parents=prop.parents[:n], q=q)
 
 
-def _nodes(lm: LM, prop: Proposal, out: A.Outcome, logits: torch.Tensor, sampling: SamplingConfig,
+def _nodes(lm: LM, prop: Proposal, out: Outcome, logits: torch.Tensor, sampling: SamplingConfig,
            detail: bool) -> tuple[Node, ...]:
     n = len(prop.tokens)
     if n == 0:

@@ -25,8 +25,7 @@ def simulate_rejection(p: Sequence[float], q: Sequence[float], n: int = 20000, *
     is a plausible-looking bug (on rejection sample from p itself)."""
     import torch
 
-    from . import accept as A
-
+    from .accept import rejection_tree
     pt = torch.tensor(list(p), dtype=torch.float64)
     qt = torch.tensor(list(q), dtype=torch.float64)
     pt, qt = pt / pt.sum(), qt / qt.sum()
@@ -37,7 +36,7 @@ def simulate_rejection(p: Sequence[float], q: Sequence[float], n: int = 20000, *
     drafts = torch.multinomial(qt.expand(n, -1), 1, replacement=True, generator=g)[:, 0].tolist()
     for x in drafts:
         if rule == "correct":
-            out = A.rejection_tree([-1], [x], P, Q, g)
+            out = rejection_tree([-1], [x], P, Q, g)
             tok = x if out.path else out.bonus
         elif rule == "resample_p":
             u = float(torch.rand((), generator=g, dtype=torch.float64))
@@ -83,7 +82,7 @@ def simulate_siblings(p: Sequence[float], q: Sequence[float], k: int, n: int = 4
     "distinct": mean number of distinct candidates per round}."""
     import torch
 
-    from . import accept as A
+    from .accept import kseq, kseq_rho, rejection_tree
     from .drafter import draw_children
 
     if rule not in SIBLING_RULES:
@@ -94,7 +93,7 @@ def simulate_siblings(p: Sequence[float], q: Sequence[float], k: int, n: int = 4
     qt = torch.tensor(list(q), dtype=torch.float64)
     pt, qt = pt / pt.sum(), qt / qt.sum()
     g = torch.Generator().manual_seed(seed)
-    rho = A.kseq_rho(pt, qt, k) if rule == "kseq" else 1.0
+    rho = kseq_rho(pt, qt, k) if rule == "kseq" else 1.0
     P, Q = pt.expand(k + 1, -1), qt.expand(k, -1)
     counts, accepted, distinct = [0] * len(pt), 0, 0
     for _ in range(n):
@@ -104,12 +103,12 @@ def simulate_siblings(p: Sequence[float], q: Sequence[float], k: int, n: int = 4
             draws = draw_children(qt, k, False, g)
         distinct += len(set(draws))
         if rule == "kseq":
-            hit, _, res = A.kseq(pt, qt, draws, g, rho=rho)
+            hit, _, res = kseq(pt, qt, draws, g, rho=rho)
             tok = draws[hit] if hit is not None else int(torch.multinomial(res, 1, generator=g))
             accepted += hit is not None
         else:
             m = len(draws)
-            out = A.rejection_tree([-1] * m, draws, P[: m + 1], Q[:m], g,
+            out = rejection_tree([-1] * m, draws, P[: m + 1], Q[:m], g,
                                    without_replacement=(rule == "without_replacement"))
             tok = draws[out.path[0]] if out.path else out.bonus
             accepted += bool(out.path)

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit import app as H
+from labkit.app import (
+    App, AppConfig, BENCH_HEADERS, bench_table, COMPARE_COLUMNS, compare_verdict, config, FIGURES, method_label,
+    ModelPool, Step, Throttle, UNCHANGED, Visitor,
+)
 from labkit import methods
 from labkit.session import Session
 from labkit.trace import load_trace
@@ -19,7 +22,7 @@ def make_app(lm, **kw):
     cfg = dict(models=("tiny-llama",), max_prompt_chars=200, max_new_tokens=64, plot_interval=1e9,
                stats_interval=1e9, text_interval=0.0)
     cfg.update(kw)
-    return H.App(H.AppConfig(**cfg), H.ModelPool(("tiny-llama",), loader=lambda name: lm))
+    return App(AppConfig(**cfg), ModelPool(("tiny-llama",), loader=lambda name: lm))
 
 
 @pytest.fixture()
@@ -30,7 +33,7 @@ def app(tiny):
 @pytest.fixture(scope="module")
 def visited(tiny):
     """An app and a visitor with one finished run (shared by the validation tests, which must not change it)."""
-    a, v = make_app(tiny("llama")), H.Visitor()
+    a, v = make_app(tiny("llama")), Visitor()
     list(a.live(v, "tiny-llama", "token_recycling", PROMPT, 8, chat=False))
     return a, v
 
@@ -42,15 +45,15 @@ def live(app, visitor, **kw):
 
 
 def test_live_streams_and_matches_session(app, tiny):
-    v = H.Visitor()
-    errors = len(H.FIGURES.errors)
+    v = Visitor()
+    errors = len(FIGURES.errors)
     ups = live(app, v)
-    assert len(H.FIGURES.errors) == errors, H.FIGURES.errors[errors:]  # no view failed
+    assert len(FIGURES.errors) == errors, FIGURES.errors[errors:]  # no view failed
     assert len(ups) > 3 and ups[-1].done and not ups[-1].error
     ref = Session(lm=tiny("llama")).run("token_recycling", PROMPT, max_new_tokens=24, chat=False)
     assert ups[-1].text == ref.text
     # the text grows step by step while it streams
-    texts = [u.text for u in ups if u.text is not H.UNCHANGED]
+    texts = [u.text for u in ups if u.text is not UNCHANGED]
     assert all(a == b[: len(a)] for a, b in zip(texts, texts[1:]))
     assert "tok/s" in ups[-1].metrics and "mean acceptance length" in ups[-1].metrics
     assert "target forwards" in ups[-1].metrics
@@ -62,16 +65,16 @@ def test_live_streams_and_matches_session(app, tiny):
 
 
 def test_plot_updates_are_throttled(tiny):
-    ups = live(make_app(tiny("llama"), plot_interval=1e9), H.Visitor())
-    drawn = [u for u in ups if u.tree is not H.UNCHANGED]
+    ups = live(make_app(tiny("llama"), plot_interval=1e9), Visitor())
+    drawn = [u for u in ups if u.tree is not UNCHANGED]
     assert len(drawn) == 2  # the first step with a tree, then the final redraw; every other step skips the plot
-    assert ups[-1].tree is not H.UNCHANGED
-    assert all(u.html is not H.UNCHANGED for u in ups[1:])  # the text updates every step
+    assert ups[-1].tree is not UNCHANGED
+    assert all(u.html is not UNCHANGED for u in ups[1:])  # the text updates every step
 
 
 def test_throttle():
     now = [0.0]
-    t = H.Throttle(0.3, clock=lambda: now[0])
+    t = Throttle(0.3, clock=lambda: now[0])
     assert t.due() and not t.due()
     now[0] = 0.29
     assert not t.due()
@@ -125,8 +128,8 @@ def test_live_validation_is_one_clear_line(visited, bad, msg):
 
 def test_prompt_longer_than_context(tiny):
     lm = tiny("llama")  # 1024 positions
-    app = H.App(H.AppConfig(models=("t",), max_prompt_chars=100_000), H.ModelPool(("t",), loader=lambda n: lm))
-    ups = list(app.live(H.Visitor(), "t", "autoregressive", "w3 " * 1100, 8, chat=False))
+    app = App(AppConfig(models=("t",), max_prompt_chars=100_000), ModelPool(("t",), loader=lambda n: lm))
+    ups = list(app.live(Visitor(), "t", "autoregressive", "w3 " * 1100, 8, chat=False))
     assert "exceeds the model's context" in ups[-1].error
 
 
@@ -135,8 +138,8 @@ def test_model_load_error_is_a_message(tiny):
         from labkit.models import ModelLoadError
         raise ModelLoadError(f"cannot load model {name!r}: no such thing")
 
-    app = H.App(H.AppConfig(models=("ghost",)), H.ModelPool(("ghost",), loader=loader))
-    ups = list(app.live(H.Visitor(), "ghost", "autoregressive", "hi", 8))
+    app = App(AppConfig(models=("ghost",)), ModelPool(("ghost",), loader=loader))
+    ups = list(app.live(Visitor(), "ghost", "autoregressive", "hi", 8))
     assert ups[0].status.startswith("loading model ghost")
     assert "cannot load model 'ghost'" in ups[-1].error
 
@@ -146,12 +149,12 @@ def test_unexpected_error_is_one_line_without_traceback(app, monkeypatch):
         raise RuntimeError("kaboom\nsecond line")
 
     monkeypatch.setattr(Session, "start", boom)
-    ups = live(app, H.Visitor())
+    ups = live(app, Visitor())
     assert ups[-1].error.startswith("internal error (RuntimeError: kaboom)") and "\n" not in ups[-1].error
 
 
 def test_live_step_scrubs_the_latest_live_run(app):
-    v = H.Visitor()
+    v = Visitor()
     assert app.live_step(v, 0) is None  # no run yet
     ups = live(app, v)
     assert ups[-1].steps > 2 and 0 <= ups[-1].shown < ups[-1].steps
@@ -160,7 +163,7 @@ def test_live_step_scrubs_the_latest_live_run(app):
 
 
 def test_stop(app):
-    v = H.Visitor()
+    v = Visitor()
     gen = app.live(v, "tiny-llama", "autoregressive", PROMPT, 60, chat=False)
     ups = []
     for u in gen:
@@ -176,7 +179,7 @@ def test_stop(app):
 
 
 def test_stop_compare_within_one_cycle(app):
-    v = H.Visitor()
+    v = Visitor()
     ups = []
     for u in app.compare(v, "tiny-llama", ["prompt_lookup", "token_recycling"], PROMPT, 60, chat=False):
         ups.append(u)
@@ -188,7 +191,7 @@ def test_stop_compare_within_one_cycle(app):
 
 
 def test_stop_pressed_while_queued(app):
-    v = H.Visitor()
+    v = Visitor()
     v.arm()  # the Run click (not queued)
     v.request_stop()  # Stop while the run waits in the queue
     ups = live(app, v)
@@ -197,7 +200,7 @@ def test_stop_pressed_while_queued(app):
 
 
 def test_one_run_at_a_time_per_visitor(app):
-    v = H.Visitor()
+    v = Visitor()
     gen = app.live(v, "tiny-llama", "autoregressive", PROMPT, 20, chat=False)
     next(gen)
     app.busy_timeout = 0.05
@@ -208,7 +211,7 @@ def test_one_run_at_a_time_per_visitor(app):
 
 
 def test_sampling_run(app):
-    ups = live(app, H.Visitor(), method="prompt_lookup", mode="sampling", temperature=0.9, top_p=0.9, top_k=5,
+    ups = live(app, Visitor(), method="prompt_lookup", mode="sampling", temperature=0.9, top_p=0.9, top_k=5,
                seed=3)
     assert not ups[-1].error and "sampling T=0.9" in ups[-1].status
 
@@ -216,7 +219,7 @@ def test_sampling_run(app):
 def test_every_registered_method_runs_from_its_form_defaults(app):
     """The pickers and forms come from the registry: each method with its describe() defaults as the form sends
     them (floats for numbers) must run."""
-    v = H.Visitor()
+    v = Visitor()
     for name in methods.REGISTRY:
         form = {p["name"]: (float(p["default"]) if p["type"] == "int" else p["default"])
                 for p in methods.info(name)["params"]}
@@ -226,11 +229,11 @@ def test_every_registered_method_runs_from_its_form_defaults(app):
             assert "cannot run on" in ups[-1].error
         else:
             assert not ups[-1].error, (name, ups[-1].error)
-        assert name in H.method_label(name) and ("lossless" in H.method_label(name)) == methods.get(name).lossless
+        assert name in method_label(name) and ("lossless" in method_label(name)) == methods.get(name).lossless
 
 
 def test_form_values_reuse_one_method_instance(app):
-    v = H.Visitor()
+    v = Visitor()
     d = {p["name"]: p["default"] for p in methods.info("token_recycling")["params"]}
     live(app, v, params={"k": float(d["k"]), "nodes": float(d["nodes"])})  # what sliders send
     live(app, v, params={"k": d["k"], "nodes": str(d["nodes"])})
@@ -239,7 +242,7 @@ def test_form_values_reuse_one_method_instance(app):
 
 
 def test_visitors_are_isolated_and_share_one_model(app, tiny):
-    a, b = H.Visitor(), H.Visitor()
+    a, b = Visitor(), Visitor()
     ra = live(app, a, prompt="w5 w6 w7 w5 w6")
     rb = live(app, b, prompt="w9 w8 w9 w8 w9")
     assert app.pool.loads == 1
@@ -259,7 +262,7 @@ def test_concurrent_visitors_get_their_own_results(app, tiny):
     out = {}
 
     def client(p, name):
-        out[p] = live(app, H.Visitor(), method=name, prompt=p, max_new_tokens=20)[-1].text
+        out[p] = live(app, Visitor(), method=name, prompt=p, max_new_tokens=20)[-1].text
 
     threads = [threading.Thread(target=client, args=(p, n)) for p, n in
                zip(prompts, ["token_recycling", "prompt_lookup", "autoregressive", "token_recycling"])]
@@ -273,13 +276,13 @@ def test_concurrent_visitors_get_their_own_results(app, tiny):
 # ---- Compare ------------------------------------------------------------------------------------------------
 
 def test_compare_streams_side_by_side_with_verdict(app):
-    v = H.Visitor()
+    v = Visitor()
     ups = list(app.compare(v, "tiny-llama", ["prompt_lookup", "token_recycling"], PROMPT, 24, chat=False))
     assert ups[-1].done and not ups[-1].error
-    streaming = [u for u in ups if u.columns is not H.UNCHANGED and not u.done]
+    streaming = [u for u in ups if u.columns is not UNCHANGED and not u.done]
     assert len(streaming) > 3
     cols = ups[-1].columns
-    assert len(cols) == H.COMPARE_COLUMNS and [c is None for c in cols] == [False] * 3 + [True] * 2
+    assert len(cols) == COMPARE_COLUMNS and [c is None for c in cols] == [False] * 3 + [True] * 2
     assert "autoregressive" in cols[0].title and "baseline" in cols[0].title
     verdict = ups[-1].verdict
     assert verdict.count("✓ identical") == 2 and "speedup" in verdict and "1.00×" in verdict
@@ -287,14 +290,14 @@ def test_compare_streams_side_by_side_with_verdict(app):
     # the final figure comes with the verdict (the last word) and agrees with it; while the lanes stream,
     # only positions every lane has produced are compared, so identical runs never show "differ"
     final = ups[-1].plot
-    assert final is not None and final is not H.UNCHANGED and final.layout.title.text.startswith("✓ identical")
-    plots = [u.plot for u in ups[:-1] if u.plot not in (None, H.UNCHANGED)]
+    assert final is not None and final is not UNCHANGED and final.layout.title.text.startswith("✓ identical")
+    plots = [u.plot for u in ups[:-1] if u.plot not in (None, UNCHANGED)]
     assert plots and all(not p.layout.title.text.startswith("✗") for p in plots)
     assert "Expected = tokens per round" in verdict and "expected" in verdict.splitlines()[0]
 
 
 def test_stopped_compare_marks_lanes_stopped_and_compares_what_both_produced(app):
-    v = H.Visitor()
+    v = Visitor()
     ups = []
     for u in app.compare(v, "tiny-llama", ["prompt_lookup", "token_recycling"], PROMPT, 40, chat=False):
         ups.append(u)
@@ -314,12 +317,12 @@ def test_stopped_compare_marks_lanes_stopped_and_compares_what_both_produced(app
     (["prompt_lookup", "nope"], "unknown method 'nope'"),
 ])
 def test_compare_validation(app, picked, msg):
-    ups = list(app.compare(H.Visitor(), "tiny-llama", picked, PROMPT, 8, chat=False))
+    ups = list(app.compare(Visitor(), "tiny-llama", picked, PROMPT, 8, chat=False))
     assert len(ups) == 1 and msg in ups[0].error
 
 
 def test_compare_bad_param_of_one_method(app):
-    ups = list(app.compare(H.Visitor(), "tiny-llama", ["prompt_lookup", "token_recycling"], PROMPT, 8,
+    ups = list(app.compare(Visitor(), "tiny-llama", ["prompt_lookup", "token_recycling"], PROMPT, 8,
                            params_by_method={"prompt_lookup": {"draft_len": 0}}, chat=False))
     assert "draft_len=0 is out of range" in ups[-1].error
 
@@ -348,7 +351,7 @@ def test_compare_verdict_explains_a_divergence(tiny):
              dict(name="prompt_lookup", steps=flat, cfg=other.config, ids=ids, error="")]
     from labkit.sampling import GREEDY
 
-    md = H.compare_verdict(lm, lanes, GREEDY, stopped=False)
+    md = compare_verdict(lm, lanes, GREEDY, stopped=False)
     assert "✗ differs from token 3" in md and "First divergence" in md
     assert "NOT identical  first divergence at token 3" in md and "float64 sides with" in md
 
@@ -356,7 +359,7 @@ def test_compare_verdict_explains_a_divergence(tiny):
 # ---- Trace explorer -----------------------------------------------------------------------------------------
 
 def test_explorer_and_download_round_trip(app):
-    v = H.Visitor()
+    v = Visitor()
     live(app, v)
     up = app.explorer(v)
     rec = v.runs[up.selected]
@@ -377,15 +380,15 @@ def test_explorer_and_download_round_trip(app):
 
 
 def test_explorer_without_runs():
-    up = H.App(H.AppConfig()).explorer(H.Visitor())
+    up = App(AppConfig()).explorer(Visitor())
     assert up.choices == [] and "no runs yet" in up.message
 
 
 def test_upload_good_trace(app, tmp_path):
-    v = H.Visitor()
+    v = Visitor()
     live(app, v)
     path = app.explorer(v).download
-    up = app.upload(H.Visitor(), path)  # another visitor uploads it
+    up = app.upload(Visitor(), path)  # another visitor uploads it
     assert not up.error and up.selected.startswith("1. upload: ") and "steps" in up.message
 
 
@@ -417,7 +420,7 @@ def _bad_traces(tmp_path, good_text):
 
 
 def test_bad_uploads_keep_everything(app, tmp_path):
-    v = H.Visitor()
+    v = Visitor()
     live(app, v)
     good = open(app.explorer(v).download, encoding="utf-8").read()
     before_runs, before_sel = dict(v.runs), v.selected
@@ -432,14 +435,14 @@ def test_bad_uploads_keep_everything(app, tmp_path):
 
 
 def test_upload_too_big_and_truncated(app, tmp_path):
-    v = H.Visitor()
+    v = Visitor()
     live(app, v)
     good = open(app.explorer(v).download, encoding="utf-8").read()
-    app.config = H.AppConfig(models=("tiny-llama",), max_upload_mb=0.0001, plot_interval=1e9)
+    app.config = AppConfig(models=("tiny-llama",), max_upload_mb=0.0001, plot_interval=1e9)
     big = tmp_path / "big.jsonl"
     big.write_text(good)
     assert "traces up to" in app.upload(v, str(big)).error
-    app.config = H.AppConfig(models=("tiny-llama",), plot_interval=1e9)
+    app.config = AppConfig(models=("tiny-llama",), plot_interval=1e9)
     cut = tmp_path / "cut.jsonl"
     cut.write_text(good[: len(good) - 40])  # an interrupted run: the last line is cut mid-write
     up = app.upload(v, str(cut))
@@ -447,7 +450,7 @@ def test_upload_too_big_and_truncated(app, tmp_path):
 
 
 def test_upload_skips_unknown_event_types(app, tmp_path):
-    v = H.Visitor()
+    v = Visitor()
     live(app, v)
     lines = open(app.explorer(v).download, encoding="utf-8").read().splitlines()
     p = tmp_path / "extra.jsonl"
@@ -457,8 +460,8 @@ def test_upload_skips_unknown_event_types(app, tmp_path):
 
 
 def test_runs_are_capped(app):
-    app.config = H.AppConfig(models=("tiny-llama",), max_runs=2, plot_interval=1e9)
-    v = H.Visitor()
+    app.config = AppConfig(models=("tiny-llama",), max_runs=2, plot_interval=1e9)
+    v = Visitor()
     for _ in range(3):
         live(app, v, max_new_tokens=4)
         app.trace_file(v, v.selected)
@@ -471,7 +474,7 @@ def test_runs_are_capped(app):
 
 def test_bench_small(app):
     seen = []
-    ups = list(app.bench(H.Visitor(), "tiny-llama", ["prompt_lookup"], ["qa", "rag"], 1, 8,
+    ups = list(app.bench(Visitor(), "tiny-llama", ["prompt_lookup"], ["qa", "rag"], 1, 8,
                          progress=lambda f, d: seen.append(f)))
     assert ups[-1].done and not ups[-1].error, ups[-1].error
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
@@ -480,7 +483,7 @@ def test_bench_small(app):
         (c, m) for c in ("all", "qa", "rag") for m in ("autoregressive", "prompt_lookup")}
     assert all(r["identical"] == f"{r['questions']}/{r['questions']}" for r in rows)
     assert ups[-1].plot is not None and ups[-1].plot.layout.meta["view"] == "bench_summary"
-    assert len(H.bench_table(rows)[0]) == len(H.BENCH_HEADERS)
+    assert len(bench_table(rows)[0]) == len(BENCH_HEADERS)
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -496,27 +499,27 @@ def test_bench_small(app):
 def test_bench_validation(app, kw, msg):
     args = dict(model="tiny-llama", names=["prompt_lookup"], categories=["qa"], n=1, max_new_tokens=8)
     args.update(kw)
-    ups = list(app.bench(H.Visitor(), **args))
+    ups = list(app.bench(Visitor(), **args))
     assert len(ups) == 1 and msg in ups[0].error
 
 
 def test_sparsity_streams_frames_and_fidelity(app):
-    v = H.Visitor()
+    v = Visitor()
     ups = list(app.sparsity(v, "tiny-llama", "h2o", 8, PROMPT, 12, chat=False))
     assert ups[-1].done and not ups[-1].error, ups[-1].error
-    assert len(ups) > 3 and all(u.html is not H.UNCHANGED for u in ups if u.status.startswith("generating"))
+    assert len(ups) > 3 and all(u.html is not UNCHANGED for u in ups if u.status.startswith("generating"))
     for word in ("attention recall", "KL(dense", "top-1 agreement", "KV read"):
         assert word in ups[-1].metrics
     assert ups[-1].heatmap is not None and ups[-1].timeline is not None and ups[-1].fidelity is not None
     rec = v.runs[v.selected]
     assert rec.source == "sparsity" and rec.config["sparsity"].startswith("h2o(budget=8")
-    frames = [e for e in rec.events if not isinstance(e, H.Step)]
+    frames = [e for e in rec.events if not isinstance(e, Step)]
     assert len(frames) == len(rec.steps)
     up = app.explorer(v)
     assert up.view.sparsity is not None  # the explorer shows the step's frame
     back = load_trace(up.download)  # frames go into the downloaded trace
     assert len(back.events) == len(rec.events)
-    assert not app.upload(H.Visitor(), up.download).error
+    assert not app.upload(Visitor(), up.download).error
     assert [name for _, name in app.sparsity_policies()][0] == "dense"
 
 
@@ -533,7 +536,7 @@ def test_sparsity_streams_frames_and_fidelity(app):
 def test_sparsity_validation(app, kw, msg):
     args = dict(model="tiny-llama", policy="h2o", budget=16, prompt=PROMPT, max_new_tokens=8, chat=False)
     args.update(kw)
-    ups = list(app.sparsity(H.Visitor(), **args))
+    ups = list(app.sparsity(Visitor(), **args))
     assert len(ups) == 1 and msg in ups[0].error, ups[0].error
 
 
@@ -541,21 +544,21 @@ def test_sparsity_rejects_custom_loop_methods(app):
     custom = [n for n in methods.REGISTRY if methods.get(n).custom_loop]
     if not custom:
         pytest.skip("no custom-loop method is registered")
-    ups = list(app.sparsity(H.Visitor(), "tiny-llama", "h2o", 16, PROMPT, 8, method=custom[0], chat=False))
+    ups = list(app.sparsity(Visitor(), "tiny-llama", "h2o", 16, PROMPT, 8, method=custom[0], chat=False))
     assert "runs its own loop" in ups[-1].error
 
 
 def test_config_from_env_and_allow_list():
-    assert H.AppConfig().models == ("smollm2-135m", "gemma3-270m") and H.AppConfig().default_model == "smollm2-135m"
-    cfg = H.AppConfig.from_env({"LABKIT_APP_MODELS": " gemma3-270m , /models/x ", "LABKIT_APP_CONCURRENCY": "3"})
+    assert AppConfig().models == ("smollm2-135m", "gemma3-270m") and AppConfig().default_model == "smollm2-135m"
+    cfg = AppConfig.from_env({"LABKIT_APP_MODELS": " gemma3-270m , /models/x ", "LABKIT_APP_CONCURRENCY": "3"})
     assert cfg.models == ("gemma3-270m", "/models/x") and cfg.default_model == "gemma3-270m" and cfg.concurrency == 3
-    assert H.AppConfig.from_env({}, concurrency=1).concurrency == 1
+    assert AppConfig.from_env({}, concurrency=1).concurrency == 1
     with pytest.raises(ValueError, match="must be an integer"):
-        H.AppConfig.from_env({"LABKIT_APP_CONCURRENCY": "many"})
+        AppConfig.from_env({"LABKIT_APP_CONCURRENCY": "many"})
     with pytest.raises(ValueError, match="allow-list is empty"):
-        H.AppConfig(models=(" ",))
+        AppConfig(models=(" ",))
     with pytest.raises(ValueError, match="not on the allow-list"):
-        H.AppConfig(models=("a",), default_model="b")
+        AppConfig(models=("a",), default_model="b")
 
 
 def test_pool_never_trusts_remote_code(monkeypatch):
@@ -565,14 +568,14 @@ def test_pool_never_trusts_remote_code(monkeypatch):
         seen.update(kw, name=name)
         return object()
 
-    monkeypatch.setattr(H.config, "load", fake_load)  # the loader ModelPool calls
-    pool = H.ModelPool(("m",))
+    monkeypatch.setattr(config, "load", fake_load)  # the loader ModelPool calls
+    pool = ModelPool(("m",))
     pool.get("m")
     pool.get("m")
     assert seen["trust_remote_code"] is False and pool.loads == 1
 
 
 def test_live_ends_with_expected_and_measured_speedup(app):
-    ups = live(app, H.Visitor())
+    ups = live(app, Visitor())
     assert "expected **×" in ups[-1].metrics and "measured **×" in ups[-1].metrics
     assert all("expected **×" not in u.metrics for u in ups[:-1] if isinstance(u.metrics, str))  # at the end only

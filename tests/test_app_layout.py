@@ -32,7 +32,7 @@ def test_import_is_light(appmod):
 def test_pickers_and_forms_come_from_the_registry(appmod):
     import gradio as gr
 
-    from labkit import app as H
+    from labkit.app import MAX_COMPARE, param_layout
     from labkit import methods
 
     method_dd = next(b for b in _components(appmod.demo, gr.Dropdown) if b.elem_id == "lk-live-method")
@@ -42,11 +42,11 @@ def test_pickers_and_forms_come_from_the_registry(appmod):
         kind = methods.get(name).kind
         assert kind == "speculative" or kind in label
     compare = next(b for b in _components(appmod.demo, gr.Dropdown) if b.elem_id == "lk-compare-methods")
-    assert compare.multiselect and compare.max_choices == H.MAX_COMPARE
+    assert compare.multiselect and compare.max_choices == MAX_COMPARE
     assert [v for _, v in compare.choices] == list(methods.REGISTRY)
     all_ids = [b.elem_id for b in appmod.demo.blocks.values() if getattr(b, "elem_id", None)]
     assert sorted(i for i in set(all_ids) if all_ids.count(i) > 1) == []  # an id names one element
-    for name, p in H.param_layout():  # one input per parameter of every registered method, in both tabs
+    for name, p in param_layout():  # one input per parameter of every registered method, in both tabs
         assert {f"lk-live-param-{name}-{p['name']}", f"lk-compare-param-{name}-{p['name']}"} <= set(all_ids)
 
 

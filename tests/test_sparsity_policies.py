@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from labkit import tree as T
+from labkit.tree import ancestor_mask, attention_mask
 from labkit.params import ParamError
 from labkit.sparsity import LayerCall, Selection, policies
 from labkit.sparsity.instrument import _apply
@@ -190,12 +190,12 @@ def test_razor_keep_and_compensation_token():
 def test_selection_narrows_a_tree_mask_never_widens_it():
     parents = [-1, -1, 0, 2]  # root -> {0, 1}; 0 -> 2 -> 3
     past = 6
-    mask = T.attention_mask(parents, past)  # [1, 1, 5, 11] additive
+    mask = attention_mask(parents, past)  # [1, 1, 5, 11] additive
     q, kv = len(parents) + 1, past + len(parents) + 1
     call = LayerCall(0, torch.randn(2, q, 4), torch.randn(1, kv, 4), mask, None, past, value=torch.randn(1, kv, 4))
     keep = streaming.streaming_keep(past, 1, 2)[None, None]  # committed positions 0, 4, 5
     _, _, allowed = _apply(call, Selection(keep=keep), torch.randn(1, 1, kv, 4), torch.randn(1, 1, kv, 4))
-    tree = T.ancestor_mask(parents)
+    tree = ancestor_mask(parents)
     for h in range(2):
         assert allowed[0, h, :, :past].int().tolist() == [[1, 0, 0, 0, 1, 1]] * q
         assert torch.equal(allowed[0, h, :, past:], tree)  # ancestors still seen, non-ancestors never
@@ -253,7 +253,7 @@ def test_gathered_sdpa_matches_recorded_weights(q_len, tree):
     h, hkv, d, past = 4, 2, 8, 10
     kv = past + q_len
     query, key, value = torch.randn(1, h, q_len, d), torch.randn(1, hkv, kv, d), torch.randn(1, hkv, kv, d)
-    mask = T.attention_mask([-1, -1], past) if tree else None  # root + two siblings
+    mask = attention_mask([-1, -1], past) if tree else None  # root + two siblings
     call = LayerCall(0, query[0], key[0], mask, d ** -0.5, past, value=value[0])
     keep = torch.zeros(hkv, 1, past, dtype=torch.bool)
     keep[0, 0, [0, 3, 7, 9]] = True

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from labkit import engine, methods, metrics
-from labkit import sampling as S
+from labkit.sampling import SamplingConfig, generate_kwargs, probs as sampling_probs
 from labkit.check import greedy_reference
 from labkit.methods.contrastive import ContrastiveParams, ContrastiveSearch
 from labkit.methods.diverse_beam import DiverseBeamParams, DiverseBeamSearch
@@ -36,16 +36,16 @@ def test_min_p_and_typical_filters_equal_transformers_warpers():
     g = torch.Generator().manual_seed(0)
     for trial in range(50):
         x = torch.randn(3, 40, generator=g) * (1 + trial % 4)
-        for cfg in [S.SamplingConfig(temperature=0.7, min_p=0.1), S.SamplingConfig(temperature=1.0, typical_p=0.8),
-                    S.SamplingConfig(temperature=1.3, top_k=20, top_p=0.9, min_p=0.05, typical_p=0.7)]:
+        for cfg in [SamplingConfig(temperature=0.7, min_p=0.1), SamplingConfig(temperature=1.0, typical_p=0.8),
+                    SamplingConfig(temperature=1.3, top_k=20, top_p=0.9, min_p=0.05, typical_p=0.7)]:
             y = TemperatureLogitsWarper(cfg.temperature)(None, x.clone())
             for w in ([TopKLogitsWarper(cfg.top_k)] if cfg.top_k else []) + \
                      ([TopPLogitsWarper(cfg.top_p)] if cfg.top_p < 1 else []) + \
                      ([MinPLogitsWarper(cfg.min_p)] if cfg.min_p else []) + \
                      ([TypicalLogitsWarper(cfg.typical_p)] if cfg.typical_p < 1 else []):
                 y = w(None, y)
-            assert torch.allclose(torch.softmax(y, -1), S.probs(x, cfg), atol=1e-6)
-    kw = S.generate_kwargs(S.SamplingConfig(temperature=0.8, min_p=0.1, typical_p=0.9))
+            assert torch.allclose(torch.softmax(y, -1), sampling_probs(x, cfg), atol=1e-6)
+    kw = generate_kwargs(SamplingConfig(temperature=0.8, min_p=0.1, typical_p=0.9))
     assert kw["min_p"] == 0.1 and kw["typical_p"] == 0.9
 
 
@@ -67,13 +67,13 @@ def test_sampling_strategies_sample_their_own_distribution(tiny, cls):
     cfg = sampler_config(m)
     with torch.inference_mode():
         logits = lm.model(torch.tensor([PROMPT])).logits[0, -1]
-    p = S.probs(logits, cfg)
+    p = sampling_probs(logits, cfg)
     g = torch.Generator().manual_seed(0)
     draws = [m.choose(logits, cfg, g, str)[0] for _ in range(4000)]
     assert pvalue(np.array(draws), p) > 1e-3
     # end to end: seeded, one Step per token, the chosen candidate accepted with a reason
-    a = list(engine.decode(lm, m, PROMPT, max_new_tokens=8, sampling=S.SamplingConfig(seed=4)))
-    b = list(engine.decode(lm, m, PROMPT, max_new_tokens=8, sampling=S.SamplingConfig(temperature=2.0, seed=4)))
+    a = list(engine.decode(lm, m, PROMPT, max_new_tokens=8, sampling=SamplingConfig(seed=4)))
+    b = list(engine.decode(lm, m, PROMPT, max_new_tokens=8, sampling=SamplingConfig(temperature=2.0, seed=4)))
     assert tokens_of(a) == tokens_of(b)  # the run's temperature is not used, its seed is
     assert all(len(s.tokens) == 1 and sum(n.status == ACCEPTED for n in s.nodes) == 1 for s in a)
     assert "sampled: u=" in next(n.reason for n in a[1].nodes if n.status == ACCEPTED)

@@ -310,8 +310,7 @@ def test_simulate_siblings_rules_keep_p_and_rank_acceptance():
     least; K-SEQ matches its closed form; the bug (drawn without replacement, q not updated) is caught."""
     import torch
 
-    from labkit import accept as A
-
+    from labkit.accept import kseq_accept_prob
     p, q = views.TOY_P, views.TOY_Q
     n = 3000
     runs = {r: views.simulate_siblings(p, q, 3, n, rule=r, seed=2) for r in views.SIBLING_RULES}
@@ -321,7 +320,7 @@ def test_simulate_siblings_rules_keep_p_and_rank_acceptance():
     assert views.chi_square(runs["no_q_update"]["counts"], p)[1] < 1e-6
     assert runs["without_replacement"]["distinct"] == 3.0 and runs["iid"]["distinct"] < 2.6
     assert runs["without_replacement"]["accepted"] > runs["kseq"]["accepted"] > runs["iid"]["accepted"]
-    exact = A.kseq_accept_prob(torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64), 3)
+    exact = kseq_accept_prob(torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64), 3)
     assert abs(runs["kseq"]["accepted"] - exact) < 4 * (exact * (1 - exact) / n) ** 0.5
     one = views.simulate_siblings(p, q, 1, n, rule="iid", seed=3)["accepted"]
     assert abs(one - 0.5) < 4 * (0.25 / n) ** 0.5  # sum(min(p, q)) = 0.5 for the toy pair

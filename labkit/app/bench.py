@@ -25,8 +25,7 @@ class BenchTab:
                                                                               n, max_new_tokens, progress))
 
     def _bench(self, visitor, stop, model, names, categories, n, max_new_tokens, progress):
-        from .. import bench as B
-
+        from ..bench import Spec, interleaved, load_questions, select, table, warm_up
         cfg = self.config
         try:
             model = self.pool.check(model)
@@ -41,7 +40,7 @@ class BenchTab:
                 raise ValueError("pick at least one Spec-Bench category")
             n = parse_int("questions per category", n, 1, cfg.bench_max_per_category)
             max_new = parse_int("max new tokens", max_new_tokens, 8, cfg.bench_max_new_tokens)
-            questions = B.select(B.load_questions(), n, cats)
+            questions = select(load_questions(), n, cats)
             loading = self._loading_status(model)
             if loading:
                 yield BenchUpdate(status=loading)
@@ -61,12 +60,12 @@ class BenchTab:
         yield BenchUpdate(status=f"warming up {len(order)} methods…", progress=0.0)
         try:
             # the bench's own harness: warm-up on a question outside the selection, then interleaved rounds
-            specs = [B.Spec.parse(x) for x in order]
+            specs = [Spec.parse(x) for x in order]
             instances = {s.label: lab.method(s.label) for s in specs}
             chosen = {q["question_id"] for q in questions}
-            warm = [q for q in B.load_questions() if q["question_id"] not in chosen][:1]
-            B.warm_up(lm, specs, instances, warm, max_new_tokens=min(16, max_new), sampling=GREEDY, curve=None)
-            records = B.interleaved(lm, specs, instances, questions, max_new_tokens=max_new, curve=None,
+            warm = [q for q in load_questions() if q["question_id"] not in chosen][:1]
+            warm_up(lm, specs, instances, warm, max_new_tokens=min(16, max_new), sampling=GREEDY, curve=None)
+            records = interleaved(lm, specs, instances, questions, max_new_tokens=max_new, curve=None,
                                     sampling_for=lambda q: GREEDY, model_id=lambda _label: model,
                                     should_stop=stop.is_set)
             for rec in records:
@@ -82,7 +81,7 @@ class BenchTab:
             return
         stopped = stop.is_set()
         rows = bench_rows(collected, order)
-        plot = FIGURES.draw(views.bench_summary, B.table(collected), clock="wall",
+        plot = FIGURES.draw(views.bench_summary, table(collected), clock="wall",
                           title=f"{len(questions)} questions, {max_new} new tokens max, wall time") if collected else None
         yield BenchUpdate(rows=rows, plot=plot, status=("stopped" if stopped else "done") + f": {len(collected)} runs on {model}, "
                                  f"greedy, {max_new} new tokens max", progress=1.0, done=True)
@@ -93,10 +92,10 @@ class BenchTab:
 def bench_rows(collected: list, order: Sequence[str]) -> list[dict]:
     """Flat rows per (category, method), category 'all' first: questions, tokens, tokens/s, speedup vs the
     autoregressive baseline, mean acceptance length, identical outputs, as labkit.bench tabulates them."""
-    from .. import bench as B
+    from ..bench import CATEGORIES, table
 
     out = []
-    for r in B.table(collected) if collected else []:
+    for r in table(collected) if collected else []:
         sp = r.get("speedup")
         same, n = r.get("identical_vs_baseline", (0, 0))
         out.append({"category": "all" if r["category"] == "overall" else r["category"], "method": r["method"],
@@ -104,7 +103,7 @@ def bench_rows(collected: list, order: Sequence[str]) -> list[dict]:
                     "speedup": sp["tokens_per_s"] if isinstance(sp, dict) else float("nan"),
                     "mean_accept_len": r["mean_accept_len"], "identical": f"{same}/{n}"})
     rank = {m: i for i, m in enumerate(order)}
-    cat = {c: i for i, c in enumerate(("all",) + tuple(B.CATEGORIES))}
+    cat = {c: i for i, c in enumerate(("all",) + tuple(CATEGORIES))}
     return sorted(out, key=lambda r: (cat.get(r["category"], len(cat)), rank.get(r["method"], len(rank))))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import sampling as S
+from ..sampling import probs
 from ..drafter import draft_param, resolve_draft, same_tokenizer
 from ..engine import Method, Proposal
 from ..models import LM, cache_kwargs
@@ -74,7 +74,7 @@ class DraftModel(Method):
         logits = self._feed(seq[common:])
         tokens, qs = [], []
         for j in range(self.params.draft_len):
-            q = S.probs(logits, sampling).to(self.lm.device)
+            q = probs(logits, sampling).to(self.lm.device)
             x = int(q.argmax()) if sampling.greedy else int(torch.multinomial(q, 1, generator=generator))
             tokens.append(x)
             qs.append(q)

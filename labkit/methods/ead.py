@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import sampling as S
+from ..sampling import probs
 from ..drafter import TreeDrafter, draft_param, resolve_draft
 from ..engine import Detokenizer, Method, one_token_finished, token_step
 from ..params import param
@@ -90,7 +90,7 @@ class EntropyAdaptive(Method):
             else:
                 logits, missing = small_logits, 0
             t2 = time.perf_counter()
-            p = S.probs(logits, sampling)
+            p = probs(logits, sampling)
             if sampling.greedy:
                 tok, how, u = int(p.argmax()), BONUS_ARGMAX, None
             else:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import sampling as S
+from ..sampling import probs
 from ..engine import Method, Proposal, Verified, check_supported
 from ..layers import LayerStack, scratch
 from ..params import param
@@ -129,7 +129,7 @@ class EarlyExit(Method):
                 if c < e:
                     self._shadow[c] = h[0, -1]
             for _ in range(g):
-                q = S.probs(self.stack.logits(h[0, -1]), sampling)
+                q = probs(self.stack.logits(h[0, -1]), sampling)
                 x = int(q.argmax()) if sampling.greedy else int(torch.multinomial(q, 1, generator=generator))
                 tokens.append(x)
                 qs.append(q)

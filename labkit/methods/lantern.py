@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import accept as A
+from ..accept import Outcome, lantern_chain, lantern_mass
 from ..sampling import probs
 from ..drafter import DrafterMethod, draft_param
 from ..engine import Proposal, Verified
@@ -94,11 +94,11 @@ class Lantern(DrafterMethod):
         return Proposal(tokens=tokens, parents=list(range(-1, L - 1)), q=torch.stack(qs),
                         draft_forwards=self.drafter.forwards)
 
-    def accept(self, prop, logits, sampling, generator, label) -> A.Outcome:
+    def accept(self, prop, logits, sampling, generator, label) -> Outcome:
         if sampling.greedy or not prop.tokens:
             return super().accept(prop, logits, sampling, generator, label)
         nb = self.neighbours(list(prop.tokens)).to(logits.device)
-        out = A.lantern_chain(prop.tokens, probs(logits, sampling), prop.q, nb, self.params.delta, generator)
+        out = lantern_chain(prop.tokens, probs(logits, sampling), prop.q, nb, self.params.delta, generator)
         self._relaxed = sum(1 for i in out.path if out.decisions[i].reason.endswith("(relaxed)"))
         return out
 
@@ -109,7 +109,7 @@ class Lantern(DrafterMethod):
         q0 = v.proposal.q[0]
         excess = torch.clamp(q0 - p0, min=0)
         top = torch.topk(excess, min(8, excess.numel()))
-        mass = A.lantern_mass(p0, self.neighbours(top.indices.tolist()).to(p0.device), self.params.delta)
+        mass = lantern_mass(p0, self.neighbours(top.indices.tolist()).to(p0.device), self.params.delta)
         bound = float(torch.minimum(top.values, mass).sum()) + float(excess.sum() - top.values.sum())
         return {"tv_bound": round(bound, 4), "delta": self.params.delta, "relaxed_accepts": self._relaxed}
 

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import accept as A
-from .. import sampling as S
+from ..accept import rejection_per_node
+from ..sampling import GREEDY, probs as sampling_probs
 from ..engine import Method, Proposal, Verified
 from ..params import param
 
@@ -81,7 +81,7 @@ class Lookahead(Method):
         self.q: list[list[torch.Tensor | None]] = []
         self._layout: dict = {}
         self._gen: torch.Generator | None = None
-        self._sampling = S.GREEDY
+        self._sampling = GREEDY
 
     def _add_ngram(self, gram: tuple[int, ...]) -> bool:
         entries = self.pool.setdefault(gram[0], [])
@@ -159,7 +159,7 @@ class Lookahead(Method):
     def accept(self, prop, logits, sampling, generator, label):
         if sampling.greedy or prop.q is None:
             return super().accept(prop, logits, sampling, generator, label)
-        return A.rejection_per_node(prop.parents, prop.tokens, S.probs(logits, sampling), prop.q, generator)
+        return rejection_per_node(prop.parents, prop.tokens, sampling_probs(logits, sampling), prop.q, generator)
 
     # ---- Jacobi step, n-gram harvest, window shift --------------------------------------------------
 
@@ -187,7 +187,7 @@ class Lookahead(Method):
                 for j, t in zip(cols, picks):
                     new_tok[j], new_q[j] = t, None
             else:
-                probs = S.probs(rows, self._sampling)
+                probs = sampling_probs(rows, self._sampling)
                 picks = torch.multinomial(probs, 1, generator=self._gen)[:, 0].tolist()
                 for k, (j, t) in enumerate(zip(cols, picks)):
                     new_tok[j], new_q[j] = t, probs[k]

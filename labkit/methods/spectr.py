@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import accept as A
+from ..accept import Outcome, greedy_tree, spectr_tree
 from ..sampling import probs
 from ..drafter import DrafterMethod, draft_param
 from ..engine import Proposal
@@ -77,10 +77,10 @@ class SpecTr(DrafterMethod):
         return SpecTrProposal(tokens=tokens, parents=parents, q=torch.stack(qs), draft_forwards=self.drafter.forwards,
                               state={"k": k, "distinct_first_tokens": len(set(tokens[:k]))}, k=k)
 
-    def accept(self, prop, logits, sampling, generator, label) -> A.Outcome:
+    def accept(self, prop, logits, sampling, generator, label) -> Outcome:
         if sampling.greedy:
-            return A.greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
-        return A.spectr_tree(prop.parents, prop.tokens, prop.k, probs(logits, sampling), prop.q, generator)
+            return greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
+        return spectr_tree(prop.parents, prop.tokens, prop.k, probs(logits, sampling), prop.q, generator)
 
     def describe(self) -> str:
         return f"SpecTr: {self.params.k} sequences x {self.params.draft_len} tokens, K-SEQ ({self.draft_note()})"

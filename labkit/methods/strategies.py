@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import sampling as S
+from ..sampling import GREEDY, SamplingConfig, probs as sampling_probs
 from ..engine import Detokenizer, Method, Target, one_token_finished, token_step
 from ..params import param
 from ..trace import ACCEPTED, BONUS_ARGMAX, BONUS_SAMPLED, NOT_REACHED, REJECTED, Node, Timing
@@ -59,15 +59,15 @@ class TokenByToken(Method):
     custom_loop = True
     show = 5  # candidates shown per Step
 
-    def effective(self, sampling: S.SamplingConfig) -> S.SamplingConfig:
+    def effective(self, sampling: SamplingConfig) -> SamplingConfig:
         """The sampling settings this strategy actually uses."""
         return sampling
 
-    def choose(self, logits: torch.Tensor, cfg: S.SamplingConfig, generator: torch.Generator, label
+    def choose(self, logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator, label
                ) -> tuple[int, list[int], list[float], list[str], list[str], str, dict]:
         """(token, candidate tokens, their probabilities, statuses, reasons, bonus_how, state)."""
-        p = S.probs(logits, cfg)
-        raw = S.probs(logits, S.SamplingConfig(temperature=cfg.temperature or 1.0))
+        p = sampling_probs(logits, cfg)
+        raw = sampling_probs(logits, SamplingConfig(temperature=cfg.temperature or 1.0))
         cands = torch.topk(raw, min(self.show, raw.numel())).indices.tolist()
         if cfg.greedy:
             tok = int(p.argmax())
@@ -162,10 +162,10 @@ class Sampler(TokenByToken):
         return {}
 
     def effective(self, sampling):
-        return S.SamplingConfig(seed=sampling.seed, **self.settings())
+        return SamplingConfig(seed=sampling.seed, **self.settings())
 
     def describe(self) -> str:
-        return (f"{self.title}: {self.effective(S.SamplingConfig(temperature=1.0)).describe().split(', seed')[0]} "
+        return (f"{self.title}: {self.effective(SamplingConfig(temperature=1.0)).describe().split(', seed')[0]} "
                 "(its own settings; only the seed comes from the run)")
 
 
@@ -256,6 +256,6 @@ class TypicalSampling(Sampler):
 SAMPLERS = (TemperatureSampling, TopKSampling, TopPSampling, MinPSampling, TypicalSampling)
 
 
-def sampler_config(method: Sampler, seed: int = 0) -> S.SamplingConfig:
+def sampler_config(method: Sampler, seed: int = 0) -> SamplingConfig:
     """The SamplingConfig a sampling strategy uses (for tests and `model.generate` comparisons)."""
-    return dataclasses.replace(method.effective(S.GREEDY), seed=seed)
+    return dataclasses.replace(method.effective(GREEDY), seed=seed)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import sampling as S
+from ..sampling import probs
 from ..engine import Method, Proposal, Verified, check_supported
 from ..layers import LayerStack, scratch
 from ..params import param
@@ -127,7 +127,7 @@ class Swift(Method):
         with scratch(cache):
             for _ in range(p.draft_len):
                 h = self.stack.run(cache, ids, pos, keep)
-                q = S.probs(self.stack.logits(h[0, -1]), sampling)
+                q = probs(self.stack.logits(h[0, -1]), sampling)
                 x = int(q.argmax()) if sampling.greedy else int(torch.multinomial(q, 1, generator=generator))
                 tokens.append(x)
                 qs.append(q)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import accept as A
+from ..accept import greedy_tree
 from .. import sizing
 from .. import tree
 from ..engine import Method, Proposal, Verified
@@ -203,7 +203,7 @@ class TokenRecycling(Method):
         both = torch.cat([logits.argmax(-1, keepdim=True), torch.topk(logits, self.params.k, dim=-1).indices], dim=1)
         both = both.cpu().numpy()
         self._top = both[:, 1:]
-        return A.greedy_tree(prop.parents, prop.tokens, both[:, 0].tolist(), label)
+        return greedy_tree(prop.parents, prop.tokens, both[:, 0].tolist(), label)
 
     @torch.inference_mode()
     def observe(self, v: Verified) -> dict:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import accept as A
+from ..accept import Outcome, greedy_tree, typical_tree, typical_tv_bound
 from ..sampling import SamplingConfig, probs
 from .. import templates
 from ..engine import Proposal, Verified
@@ -50,10 +50,10 @@ class TypicalAcceptance(StaticTree):
         prop.without_replacement = False
         return prop
 
-    def accept(self, prop, logits, sampling, generator, label) -> A.Outcome:
+    def accept(self, prop, logits, sampling, generator, label) -> Outcome:
         if sampling.greedy:
-            return A.greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
-        return A.typical_tree(prop.parents, prop.tokens, probs(logits, sampling), generator,
+            return greedy_tree(prop.parents, prop.tokens, logits.argmax(-1).tolist(), label)
+        return typical_tree(prop.parents, prop.tokens, probs(logits, sampling), generator,
                               epsilon=self.params.epsilon, alpha=self.params.alpha)
 
     def start(self, prompt, sampling) -> None:
@@ -67,7 +67,7 @@ class TypicalAcceptance(StaticTree):
         p0 = probs(v.logits[0], self._sampling)
         tv = 1.0 - float(p0[v.proposal.tokens[v.path[0]]]) if v.path else 0.0
         self._tv.append(tv)
-        return {"tv_first": round(tv, 4), "tv_bound": round(A.typical_tv_bound(p0, self.params.epsilon,
+        return {"tv_first": round(tv, 4), "tv_bound": round(typical_tv_bound(p0, self.params.epsilon,
                                                                                   self.params.alpha), 4),
                 "tv_mean_so_far": round(sum(self._tv) / len(self._tv), 4)}
 
