@@ -297,6 +297,41 @@ def token_step(index: int, root: int, tok: int, nodes, *, detail: bool, label: C
                 draft_forwards=draft_forwards, timing=timing, kv_len=kv_len, finished=finished, state=state)
 
 
+@dataclass
+class Pick:
+    """One round of a one-token strategy, before it becomes a Step: the chosen token, the candidates considered
+    (as nodes, each with its status and reason), how the choice fell, and the round's bookkeeping."""
+    root: int
+    token: int
+    nodes: Sequence[Node]
+    how: str
+    timing: Timing
+    kv_len: int
+    state: dict = field(default_factory=dict)
+    target_forwards: int = 1
+    draft_forwards: int = 0
+
+
+def token_loop(lm: LM, prompt: list[int], picks: Iterator[Pick], *, max_new_tokens: int, detail: bool,
+               should_stop: Callable[[], bool] | None) -> Iterator[Step]:
+    """The one loop of the one-token strategies (greedy / top-k / ..., contrastive search, EAD): every `Pick` the
+    strategy's generator yields (it advances its own caches between picks) becomes a Step; the loop detokenizes,
+    ends at an EOS token, after `max_new_tokens` or when `should_stop()` says so, and closes the generator."""
+    detok = Detokenizer(lm, prompt[-4:])
+    label = (lambda t: lm.token_texts([t])[0]) if detail else str
+    try:
+        for n, pick in enumerate(picks, start=1):
+            finished = one_token_finished(pick.token, n, lm.eos_ids, max_new_tokens)
+            yield token_step(n - 1, pick.root, pick.token, pick.nodes, detail=detail, label=label,
+                             text=detok.push([pick.token]), how=pick.how, timing=pick.timing, kv_len=pick.kv_len,
+                             finished=finished, state=pick.state, target_forwards=pick.target_forwards,
+                             draft_forwards=pick.draft_forwards)
+            if finished or (should_stop is not None and should_stop()):
+                return
+    finally:
+        picks.close()
+
+
 def check_supported(method: "Method | type[Method]", lm: LM) -> None:
     """Raise ValueError with one clear line when `method` (an instance or a registered class) cannot run on `lm`."""
     reason = method.supports(lm)

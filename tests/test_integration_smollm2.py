@@ -42,6 +42,7 @@ def test_check_reports_identical(smol):
 def test_check_explains_a_divergence(smol, monkeypatch):
     """Simulate a bug in the acceptance rule; the explainer must call it a bug, not numerics."""
     from labkit import accept
+    from labkit.methods import token_recycling
 
     real = accept.greedy_tree
 
@@ -53,7 +54,7 @@ def test_check_explains_a_divergence(smol, monkeypatch):
 
     tr = methods.create("token_recycling", smol, {"sizing": "off", "nodes": 16})  # drafts every round
     list(engine.decode(smol, tr, smol.encode(PROMPTS[0]), max_new_tokens=24))  # warm the matrix (correct rule)
-    monkeypatch.setattr(accept, "greedy_tree", buggy)
+    monkeypatch.setattr(token_recycling, "greedy_tree", buggy)  # the rule where Token Recycling looks it up
     res = check(smol, tr, [PROMPTS[2]], max_new_tokens=24)
     r = res[0]
     assert not r.identical and r.position is not None

@@ -23,7 +23,7 @@ import torch
 
 from .. import tree
 from ..drafter import slot_mask
-from ..engine import Detokenizer, Method, one_token_finished, token_step
+from ..engine import Method, Pick, token_loop
 from ..models import cache_kwargs
 from ..params import param
 from ..trace import ACCEPTED, REJECTED, Node, Timing
@@ -65,22 +65,24 @@ class ContrastiveSearch(Method):
         out = self.lm.model(**kw)
         return out.logits[0].float(), out.hidden_states[-1][0].float()
 
-    @torch.inference_mode()
     def run(self, prompt, *, max_new_tokens, sampling, detail, generator, should_stop):
+        return token_loop(self.lm, prompt, self._picks(prompt, detail), max_new_tokens=max_new_tokens,
+                          detail=detail, should_stop=should_stop)
+
+    @torch.inference_mode()  # entered around each step of the generator
+    def _picks(self, prompt, detail):
         from transformers import DynamicCache
 
         lm, P = self.lm, self.params
         cache = DynamicCache()
         window = tree.sliding_window(lm.config)
-        detok = Detokenizer(lm, prompt[-4:])
-        eos = lm.eos_ids
         label = (lambda t: lm.token_texts([t])[0]) if detail else str
         t0 = time.perf_counter()
         logits, hidden = self._forward(cache, list(prompt), list(range(len(prompt))), None)
         logits, context = logits[-1], hidden / hidden.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         kv, root, forwards = len(prompt), prompt[-1], 1
         seq = list(prompt)  # the tokens whose hidden states are in `context`
-        for n in range(1, max_new_tokens + 1):
+        while True:
             probs = torch.softmax(logits, dim=-1)
             top_p, top_ids = torch.topk(probs, P.k)
             k = top_ids.numel()
@@ -117,15 +119,10 @@ class ContrastiveSearch(Method):
                 nodes.append(Node(token=ids[i], parent=-1, depth=1, status=status,
                                   text=lm.token_texts([ids[i]])[0] if detail else "",
                                   target_prob=ps[i] if detail else None, reason=why if detail else ""))
-            finished = one_token_finished(tok, n, eos, max_new_tokens)
-            text = detok.push([tok])
             t3 = time.perf_counter()
-            yield token_step(n - 1, root, tok, nodes, detail=detail, label=label, text=text, how="contrastive score",
-                             timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t3 - t0), kv_len=kv,
-                             finished=finished, target_forwards=forwards,
-                             state={"penalty": round(pens[j], 4), "p": round(ps[j], 4), "alpha": P.alpha})
-            if finished or (should_stop is not None and should_stop()):
-                return
+            yield Pick(root=root, token=tok, nodes=nodes, how="contrastive score", kv_len=kv,
+                       timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t3 - t0), target_forwards=forwards,
+                       state={"penalty": round(pens[j], 4), "p": round(ps[j], 4), "alpha": P.alpha})
             t0, root, forwards = time.perf_counter(), tok, 0
 
     def describe(self) -> str:

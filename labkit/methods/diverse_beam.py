@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import Detokenizer, Method, token_step
+from ..engine import Method, Pick, token_loop
 from ..models import cache_kwargs
 from ..params import ParamError, param
 from ..trace import ACCEPTED, REJECTED, Node, Timing
@@ -148,8 +148,13 @@ class DiverseBeamSearch(Method):
             lm.model, list(prompt), beams=P.beams, groups=P.groups, diversity=P.diversity,
             length_penalty=P.length_penalty, max_new_tokens=max_new_tokens, eos=lm.eos_ids, should_stop=should_stop)
         total = time.perf_counter() - t0
+        # the search already honoured should_stop: the loop replays its tokens, a Step each
+        return token_loop(lm, prompt, self._picks(prompt, tokens, history, lineage, seconds, total, detail),
+                          max_new_tokens=max_new_tokens, detail=detail, should_stop=None)
+
+    def _picks(self, prompt, tokens, history, lineage, seconds, total, detail):
+        P, lm = self.params, self.lm
         label = (lambda t: lm.token_texts([t])[0]) if detail else str
-        detok = Detokenizer(lm, prompt[-4:])
         g = P.beams // P.groups
         root = prompt[-1]
         for t, tok in enumerate(tokens):
@@ -162,13 +167,10 @@ class DiverseBeamSearch(Method):
                                   text=label(c.token) if detail else "",
                                   reason=(why + (": on the best final hypothesis" if on else ": not on the best "
                                                  "final hypothesis")) if detail else ""))
-            last = t + 1 == len(tokens)
-            finished = ("eos" if tok in lm.eos_ids else "length" if t + 1 >= max_new_tokens else "stopped") if last else ""
-            yield token_step(t, root, tok, nodes, detail=detail, label=label, text=detok.push([tok]), how="beam search",
-                             timing=Timing(verify=seconds[t] if t < len(seconds) else 0.0, total=total / len(tokens)),
-                             kv_len=len(prompt) + t, finished=finished,
-                             state={"beams": P.beams, "groups": P.groups, "group_size": g,
-                                    "winner_group": history[t][lineage[t]].group})
+            yield Pick(root=root, token=tok, nodes=nodes, how="beam search", kv_len=len(prompt) + t,
+                       timing=Timing(verify=seconds[t] if t < len(seconds) else 0.0, total=total / len(tokens)),
+                       state={"beams": P.beams, "groups": P.groups, "group_size": g,
+                              "winner_group": history[t][lineage[t]].group})
             root = tok
 
     def describe(self) -> str:

@@ -23,7 +23,7 @@ import torch
 
 from ..sampling import probs
 from ..drafter import TreeDrafter, draft_param, resolve_draft
-from ..engine import Detokenizer, Method, one_token_finished, token_step
+from ..engine import Method, Pick, token_loop
 from ..params import param
 from ..trace import ACCEPTED, BONUS_ARGMAX, BONUS_SAMPLED, REJECTED, Timing
 from .strategies import candidate_nodes, inverse_cdf
@@ -58,18 +58,19 @@ class EntropyAdaptive(Method):
         self.small = TreeDrafter(small_lm if small_lm is not None else resolve_draft(lm, self.params.small))
         self.large = TreeDrafter(lm)
 
-    @torch.inference_mode()
     def run(self, prompt, *, max_new_tokens, sampling, detail, generator, should_stop):
-        P, lm = self.params, self.lm
         self.small.reset()
         self.large.reset()
-        detok = Detokenizer(lm, prompt[-4:])
-        eos = lm.eos_ids
-        label = (lambda t: lm.token_texts([t])[0]) if detail else str
+        return token_loop(self.lm, prompt, self._picks(prompt, sampling, detail, generator),
+                          max_new_tokens=max_new_tokens, detail=detail, should_stop=should_stop)
+
+    @torch.inference_mode()  # entered around each step of the generator
+    def _picks(self, prompt, sampling, detail, generator):
+        P, lm = self.params, self.lm
         seq = list(prompt)
         recent: deque[float] = deque(maxlen=P.window)
         active, large_run = "small", 0
-        for n in range(1, max_new_tokens + 1):
+        while True:
             t0 = time.perf_counter()
             small_logits = self.small.begin(seq)
             h = entropy(small_logits)
@@ -104,20 +105,15 @@ class EntropyAdaptive(Method):
                        f"p={pt:.3f} under the {active} model" for t, pt in zip(cands, pc)]
             statuses = [ACCEPTED if t == tok else REJECTED for t in cands]
             seq.append(tok)
-            finished = one_token_finished(tok, n, eos, max_new_tokens)
             t3 = time.perf_counter()
             state = {"model": active, "entropy": round(h, 4), "rolling_entropy": round(rolling, 4)}
             if switch:
                 state["switch"] = switch
             if large_forwards:
                 state["large_caught_up"] = missing
-            yield token_step(n - 1, seq[-2], tok, candidate_nodes(lm, cands, pc, statuses, reasons, detail),
-                             detail=detail, label=label, text=detok.push([tok]), how=how,
-                             timing=Timing(draft=t1 - t0, verify=t2 - t1, accept=t3 - t2, total=t3 - t0),
-                             kv_len=len(self.large.fed), finished=finished, state=state,
-                             target_forwards=large_forwards, draft_forwards=1)
-            if finished or (should_stop is not None and should_stop()):
-                return
+            yield Pick(root=seq[-2], token=tok, nodes=candidate_nodes(lm, cands, pc, statuses, reasons, detail),
+                       how=how, timing=Timing(draft=t1 - t0, verify=t2 - t1, accept=t3 - t2, total=t3 - t0),
+                       kv_len=len(self.large.fed), state=state, target_forwards=large_forwards, draft_forwards=1)
 
     def describe(self) -> str:
         P = self.params

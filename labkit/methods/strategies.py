@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling import GREEDY, SamplingConfig, probs as sampling_probs
-from ..engine import Detokenizer, Method, Target, one_token_finished, token_step
+from ..engine import Method, Pick, Target, token_loop
 from ..params import param
 from ..trace import ACCEPTED, BONUS_ARGMAX, BONUS_SAMPLED, NOT_REACHED, REJECTED, Node, Timing
 
@@ -98,31 +98,27 @@ class TokenByToken(Method):
         return tok, cands, pc, statuses, reasons, how, state
 
     def run(self, prompt, *, max_new_tokens, sampling, detail, generator, should_stop):
+        return token_loop(self.lm, prompt, self._picks(prompt, sampling, detail, generator),
+                          max_new_tokens=max_new_tokens, detail=detail, should_stop=should_stop)
+
+    def _picks(self, prompt, sampling, detail, generator):
         lm = self.lm
         cfg = self.effective(sampling)
         target = Target(lm)
-        detok = Detokenizer(lm, prompt[-4:])
-        eos = lm.eos_ids
         label = (lambda t: lm.token_texts([t])[0]) if detail else str
         t0 = time.perf_counter()
         logits = target.prefill(prompt)[-1]
-        root, n = prompt[-1], 0
+        root, first = prompt[-1], True
         while True:
             t1 = time.perf_counter()
             tok, cands, pc, statuses, reasons, how, state = self.choose(logits, cfg, generator, label)
             t2 = time.perf_counter()
-            n += 1
-            finished = one_token_finished(tok, n, eos, max_new_tokens)
-            text = detok.push([tok])
             nodes = candidate_nodes(lm, cands, pc, statuses, reasons, detail)
-            if n == 1:
-                state = {"config": cfg.describe(), **state}
+            if first:
+                state, first = {"config": cfg.describe(), **state}, False
             t3 = time.perf_counter()
-            yield token_step(n - 1, root, tok, nodes, detail=detail, label=label, text=text, how=how,
-                             timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t3 - t0), kv_len=target.kv_len,
-                             finished=finished, state=state)
-            if finished or (should_stop is not None and should_stop()):
-                return
+            yield Pick(root=root, token=tok, nodes=nodes, how=how, state=state, kv_len=target.kv_len,
+                       timing=Timing(verify=t1 - t0, accept=t2 - t1, total=t3 - t0))
             t0 = time.perf_counter()
             logits = target.verify(tok, [], [])[0]
             target.commit(0, [])
