@@ -22,7 +22,9 @@ def verify_by_hand(lm: LM, prompt_ids: list[int], steps: list[Step], step: Step)
     parent, position id, the target's argmax there (greedy: the token it wants next), the draft children
     it accepts, and the status the run recorded for the node. `prompt_ids` and `steps` are the run's (e.g.
     `run.config["prompt_ids"]`, `run.steps`)."""
-    import pandas as pd
+    from .extras import require
+
+    pd = require("pandas", "notebook", "inside.verify_by_hand")
 
     if tree.sliding_window(lm.config) is not None:
         raise ValueError("verify_by_hand draws one mask for every layer; this model has sliding-window layers")

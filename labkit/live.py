@@ -67,7 +67,9 @@ class LiveView:
     """Run a decoder with live figures, or replay a trace. See the module docstring."""
 
     def __init__(self, session=None, *, min_interval: float = 0.2, show_state: bool = True):
-        import ipywidgets as W
+        from .extras import require
+
+        W = require("ipywidgets", "notebook", "labkit.live")
         import plotly.graph_objects as go
 
         self.session = session

@@ -1,4 +1,5 @@
-"""app.py: builds without loading a model, pickers and forms come from the method registry, offline theme."""
+"""The app's layout (labkit/app/ui.py, re-exported by app.py): builds without loading a model, pickers and forms
+come from the method registry, offline theme."""
 import sys
 from pathlib import Path
 
@@ -9,12 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def appmod():
+    from labkit.app import ui
+
+    return ui
+
+
+def test_app_py_is_the_packaged_layout(appmod):
     sys.path.insert(0, str(ROOT))
     try:
         import app
     finally:
         sys.path.remove(str(ROOT))
-    return app
+    assert app.demo is appmod.demo
 
 
 def _components(demo, cls):

@@ -178,7 +178,9 @@ def decisions(step: Step) -> list[list]:
 
 def decisions_table(step: Step):
     """`decisions(step)` as a pandas DataFrame (a table in a notebook)."""
-    import pandas as pd
+    from ..extras import require
+
+    pd = require("pandas", "notebook", "views.decisions_table")
 
     return pd.DataFrame(decisions(step), columns=list(DECISION_HEADERS)).set_index("node")
 
