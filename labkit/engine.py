@@ -27,7 +27,7 @@ from .accept import Outcome, greedy_tree, rejection_tree, sample
 from .sampling import GREEDY, SamplingConfig, probs
 from . import tree
 from .models import LM, cache_kwargs
-from .latency import synchronize
+from .devices import synchronize
 from .trace import BONUS_ARGMAX, BONUS_SAMPLED, Node, Step, Timing
 
 

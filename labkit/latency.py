@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import backends
+from .devices import device_name, synchronize
 
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 81)
@@ -84,7 +85,7 @@ def curve_key(lm) -> str:
     shape = [getattr(cfg, a, None) for a in ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
                                               "num_attention_heads", "num_key_value_heads", "vocab_size")]
     dev = lm.device
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.machine()}x{os.cpu_count()}"
+    where = device_name(dev) if dev.type != "cpu" else f"{platform.machine()}x{os.cpu_count()}"
     backend = backends.current(lm.model)
     raw = json.dumps([lm.name, shape, str(dev), str(lm.dtype), backend, torch.get_num_threads(), torch.__version__,
                       where])
@@ -93,10 +94,6 @@ def curve_key(lm) -> str:
     return f"{safe}-{str(lm.dtype).replace('torch.', '')}-{dev.type}-{backend}-{digest}"
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work (timing on CUDA needs it; a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def cpu_clock(device: torch.device):

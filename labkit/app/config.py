@@ -8,6 +8,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import torch
+
+from ..devices import default_device
 from ..models import DEFAULT_MODEL, EMBEDDED, LM, ModelLoadError, load
 from ..params import ParamError
 from ..trace import TraceError
@@ -47,11 +50,13 @@ class AppConfig:
     default_model: str = ""
     dtype: str | None = None
     device: str | None = None
+    device_map: str | None = None  # "auto": spread each model over every device (accelerate)
     backend: str = "auto"  # execution path of every model (labkit.backends): auto = fast on CPU, stock on GPU
     max_prompt_chars: int = 2000
     max_new_tokens: int = 256
     default_new_tokens: int = 64
-    concurrency: int = 2  # generations running at once (all tabs together); the rest wait in the queue
+    concurrency: int = 0  # generations running at once (all tabs together); the rest wait in the queue. 0 = one
+    # per accelerator (visitors' speed numbers would otherwise skew each other) and 2 on a CPU
     max_queue: int = 32
     text_interval: float = 0.15  # seconds between updates of a streaming text (a browser that falls behind
     # the model would keep showing new rounds long after Stop)
@@ -71,6 +76,9 @@ class AppConfig:
         if default not in models:
             raise ValueError(f"default model {default!r} is not on the allow-list ({', '.join(models)})")
         object.__setattr__(self, "default_model", default)
+        if self.concurrency == 0:
+            on_cpu = (torch.device(self.device) if self.device else default_device()).type == "cpu"
+            object.__setattr__(self, "concurrency", 2 if on_cpu and not self.device_map else 1)
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if not 1 <= self.default_new_tokens <= self.max_new_tokens:
@@ -79,7 +87,7 @@ class AppConfig:
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "AppConfig":
         """LABKIT_APP_MODELS (comma-separated allow-list), LABKIT_APP_CONCURRENCY, LABKIT_APP_MAX_NEW_TOKENS,
-        LABKIT_APP_DTYPE, LABKIT_APP_DEVICE, LABKIT_APP_BACKEND; keyword overrides (from CLI flags) win."""
+        LABKIT_APP_DTYPE, LABKIT_APP_DEVICE, LABKIT_APP_DEVICE_MAP, LABKIT_APP_BACKEND; keyword overrides (from CLI flags) win."""
         env = os.environ if env is None else env
         kw: dict[str, Any] = {}
         if env.get("LABKIT_APP_MODELS"):
@@ -91,7 +99,7 @@ class AppConfig:
                 except ValueError:
                     raise ValueError(f"{key} must be an integer, got {env[key]!r}") from None
         for key, name in (("LABKIT_APP_DTYPE", "dtype"), ("LABKIT_APP_DEVICE", "device"),
-                          ("LABKIT_APP_BACKEND", "backend")):
+                          ("LABKIT_APP_DEVICE_MAP", "device_map"), ("LABKIT_APP_BACKEND", "backend")):
             if env.get(key):
                 kw[name] = env[key]
         kw.update({k: v for k, v in overrides.items() if v is not None})
@@ -104,10 +112,10 @@ class ModelPool:
     """Loads each allowed model once, on first use, and hands the same LM to every visitor."""
 
     def __init__(self, allowed: Sequence[str], *, dtype: str | None = None, device: str | None = None,
-                 backend: str = "auto", loader: Callable[[str], LM] | None = None):
+                 device_map: str | None = None, backend: str = "auto", loader: Callable[[str], LM] | None = None):
         self.allowed = tuple(allowed)
         self._loader = loader or (lambda name: load(name, dtype=dtype, device=device, trust_remote_code=False,
-                                                     backend=backend))
+                                                     device_map=device_map, backend=backend))
         self._lms: dict[str, LM] = {}
         self._lock = threading.Lock()
         self._name_locks: dict[str, threading.Lock] = {}

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import socket
 import sys
 import time
@@ -11,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import device_name
 from .measure import Spec, _load, interleaved, parse_specs, state_bytes, warm_up
 from .memory import memory_check
 from .questions import CATEGORIES, GENERATE, GENERATE_PLD, PLD_TOKENS, load_questions, select, shard
@@ -53,8 +52,6 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's choice). On an oversubscribed CPU, 1 avoids OpenMP "
                         "threads waiting on each other; the latency curve is cached per thread count")
-    p.add_argument("--device-map", default=None, metavar="MAP",
-                   help="auto: spread a model larger than one device over all of them (accelerate)")
     p.add_argument("--sparsity", default=None, metavar="POLICIES",
                    help="benchmark KV-sparsity policies instead (comma-separated; see labkit.sparsity)")
     from . import sparsity as sparsity_bench
@@ -226,7 +223,6 @@ def _progress(total: int, off: bool):
 
 
 def _machine(lm) -> str:
-    if lm.device.type == "cuda":
-        return torch.cuda.get_device_name(lm.device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch " \
-           f"threads, {socket.gethostname()}"
+    if lm.device.type != "cpu":
+        return device_name(lm.device)
+    return f"{device_name(lm.device)}, {torch.get_num_threads()} torch threads, {socket.gethostname()}"
