@@ -7,6 +7,7 @@ of ~1e-5 that float64 resolves the other way is numerics; a large margin is a bu
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -66,12 +67,74 @@ def _next_logits(model, ids: list[int], device) -> torch.Tensor:
     return model(input_ids=torch.tensor([ids], device=device)).logits[0, -1]
 
 
-def explain(lm: LM, prefix: list[int], method_tok: int, base_tok: int, fp64_model=None) -> tuple[float, str, str]:
+def _assign(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    module = root.get_submodule(owner) if owner else root
+    if leaf in module._parameters:
+        module._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[leaf] = tensor
+
+
+@torch.inference_mode()
+def fp64_next_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    """The next-token logits of `ids` in float64 on the CPU, whatever the model's device, dtype and size.
+
+    A skeleton of the model's class on the meta device receives, in float64 on the CPU, the weights outside the
+    decoder layers (embeddings, final norm, head) and each decoder layer's weights only while that layer runs (a
+    forward pre-hook copies them in, a forward hook drops them): the peak is those weights plus ONE layer in
+    float64, not a float64 copy of the whole model beside it (which a 7B model on a GPU would not fit)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(model.config)
+    with torch.device("meta"):
+        shadow = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="sdpa")
+    source = {**dict(model.named_buffers()), **model.state_dict()}  # non-persistent buffers (rotary) too
+    converted: dict[int, torch.Tensor] = {}
+
+    def fp64(t: torch.Tensor) -> torch.Tensor:  # a tensor shared under two names (tied head) converts once
+        if id(t) not in converted:
+            converted[id(t)] = t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype)
+        return converted[id(t)]
+
+    layer_of = {}
+    for name in source:
+        m = re.match(r"(.*\.layers\.\d+)\.", name)
+        if m:
+            layer_of.setdefault(m.group(1), []).append(name)
+        elif name in dict(shadow.named_parameters()) or name in dict(shadow.named_buffers()):
+            _assign(shadow, name, fp64(source[name]))
+
+    def bring(prefix):
+        def pre(module, args, kwargs):
+            for name in layer_of[prefix]:
+                _assign(shadow, name, source[name].detach().to("cpu", torch.float64))
+
+        def post(module, args, kwargs, output):
+            for name in layer_of[prefix]:
+                _assign(shadow, name, torch.empty_like(source[name], device="meta", dtype=torch.float64))
+        return pre, post
+
+    handles = []
+    for prefix in layer_of:
+        pre, post = bring(prefix)
+        layer = shadow.get_submodule(prefix)
+        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layer.register_forward_hook(post, with_kwargs=True))
+    try:
+        return shadow(input_ids=torch.tensor([ids])).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def explain(lm: LM, prefix: list[int], method_tok: int, base_tok: int) -> tuple[float, str, str]:
+    """Why the method and generate differ at `prefix`: the target's top-2 margin there, and which side a float64
+    re-run of that one step (`fp64_next_logits`, on the CPU) takes."""
     logits = _next_logits(lm.model, prefix, lm.device).float()
     top2 = torch.topk(logits, 2).values
     margin = float(top2[0] - top2[1])
-    model64 = fp64_model if fp64_model is not None else copy.deepcopy(lm.model).to(torch.float64)
-    winner = int(_next_logits(model64, prefix, lm.device).argmax())
+    winner = int(fp64_next_logits(lm.model, prefix).argmax())
     side = "method" if winner == method_tok else "baseline" if winner == base_tok else "neither"
     verdict = ("numerics (near-tie)" if margin < 1e-3 or side == "method"
                else "a bug in the method (large margin, float64 agrees with generate)")
@@ -81,7 +144,6 @@ def explain(lm: LM, prefix: list[int], method_tok: int, base_tok: int, fp64_mode
 def check(lm: LM, method: engine.Method, prompts: Sequence[str], *, max_new_tokens: int = 64,
           chat: bool = True) -> list[CheckResult]:
     results = []
-    fp64 = None
     for prompt in prompts:
         ids = lm.encode(prompt, chat=chat)
         ref = greedy_reference(lm, ids, max_new_tokens)
@@ -92,9 +154,7 @@ def check(lm: LM, method: engine.Method, prompts: Sequence[str], *, max_new_toke
         pos = first_divergence(got, ref)
         m_tok = got[pos] if pos < len(got) else -1
         b_tok = ref[pos] if pos < len(ref) else -1
-        if fp64 is None:
-            fp64 = copy.deepcopy(lm.model).to(torch.float64)
-        margin, side, verdict = explain(lm, ids + ref[:pos], m_tok, b_tok, fp64)
+        margin, side, verdict = explain(lm, ids + ref[:pos], m_tok, b_tok)
         results.append(CheckResult(prompt, False, len(got), len(ref), pos, token_label(lm, m_tok),
                                    token_label(lm, b_tok), margin,
                                    side, verdict))
