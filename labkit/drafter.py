@@ -138,6 +138,7 @@ class TreeDrafter:
 
     def __init__(self, lm: LM):
         self.lm = lm
+        tree.require_tree_masks(lm.model, lm.name)  # every expand passes a 4D mask
         self.window = tree.sliding_window(lm.config)
         self.reset()
 

@@ -198,6 +198,8 @@ class Target:
         """The 4D mask for a tree (None for a chain: the model's causal mask is the tree mask)."""
         if tree.is_chain(parents):
             return None
+        if not self._blocks:
+            tree.require_tree_masks(self.model, self.lm.name)
         dev, dt = self.device, self.dtype
         if self.window is None:
             # = T.attention_mask(parents, self.kv_len): the prefix columns are all zeros and the tree block

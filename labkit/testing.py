@@ -38,6 +38,9 @@ def tiny_config(arch: str = "llama", *, vocab: int = 32, layers: int = 2, hidden
         types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
         return AutoConfig.for_model("gemma3_text", **common, head_dim=hidden // 4, sliding_window=sliding_window,
                                     layer_types=types, query_pre_attn_scalar=hidden // 4)
+    if arch == "bloom":  # ALiBi: no position ids, so no tree verification (not in ARCHS; a refusal test uses it)
+        return AutoConfig.for_model("bloom", vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=4,
+                                    initializer_range=0.3, bos_token_id=None, eos_token_id=None, pad_token_id=0)
     raise ValueError(f"unknown tiny arch {arch!r}; use one of {ARCHS}")
 
 
@@ -57,7 +60,8 @@ def tiny_lm(arch: str = "llama", *, seed: int = 0, backend: str = "stock", **kw)
 
     cfg = tiny_config(arch, **kw)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").eval()
+    attn = "eager" if arch == "bloom" else "sdpa"  # BLOOM has no SDPA path in transformers
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation=attn).eval()
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = None
     backends.apply(model, backend)

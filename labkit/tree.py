@@ -78,6 +78,23 @@ def position_ids(parents: Sequence[int], start: int) -> list[int]:
     return [start] + [start + d for d in depths(parents)]
 
 
+class TreeUnsupported(ValueError):
+    """A model that cannot verify a draft tree in one forward (one line: what it is, what works instead)."""
+
+
+def require_tree_masks(model: torch.nn.Module, name: str = "") -> None:
+    """Refuse, in one line, a model that places tokens by the attention mask rather than by position ids (ALiBi:
+    BLOOM, MPT, Falcon with alibi): a 4D tree mask with explicit position ids is how labkit verifies a tree."""
+    import inspect
+
+    cfg = model.config
+    if "position_ids" in inspect.signature(model.forward).parameters and not getattr(cfg, "alibi", False):
+        return
+    raise TreeUnsupported(f"{name or cfg.model_type} ({cfg.model_type}) takes no position ids (ALiBi positions come "
+                          "from the attention mask), so labkit cannot verify a draft tree on it; chain methods "
+                          "(prompt_lookup, draft_model, ...) and plain decoding work")
+
+
 def sliding_window(config) -> int | None:
     """The window of a model whose layer types include sliding-window attention (Gemma-3), else None."""
     types = getattr(config, "layer_types", None) or []

@@ -177,3 +177,18 @@ def test_bad_requests(tiny):
         next(engine.decode(lm, m, [], max_new_tokens=4))
     with pytest.raises(ValueError, match="context"):
         next(engine.decode(lm, m, [1] * 1020, max_new_tokens=10))
+
+
+@pytest.mark.parametrize("name", LOSSLESS)
+def test_an_alibi_model_is_exact_or_refused_in_one_line(tiny, name):
+    """BLOOM places tokens by ALiBi from the attention mask: chains verify as on any model, trees are refused."""
+    lm = tiny("bloom")
+    if methods.REGISTRY[name].supports(lm):
+        pytest.skip("not offered for this model")
+    ids = prompt(3)
+    try:
+        got = tokens_of(engine.decode(lm, methods.create(name, lm, {}), ids, max_new_tokens=N_NEW))
+    except ValueError as e:
+        assert type(e).__name__ == "TreeUnsupported" and "\n" not in str(e) and "cannot verify a draft tree" in str(e)
+        return
+    assert got == greedy_reference(lm, ids, N_NEW)
