@@ -8,6 +8,11 @@ Definitions (also shown in the views' legends):
 - draft_acceptance_rate: accepted draft tokens / drafted tokens.
 - per_depth: at depth d, (rounds that accepted a token at depth d) / (rounds that tried a token at depth d
   on the accepted path). A round tries depth d when its path reached d-1 and a child was drafted there.
+  A CONDITIONAL rate (given the path reached d-1).
+- vLLM's spec-decode counters, under vLLM's names: num_drafts (decode rounds that drafted at least one token),
+  num_draft_tokens (= drafted; for a tree every node counts), num_accepted_tokens (= accepted),
+  num_accepted_tokens_per_pos[i] (rounds whose accepted path reached position i + 1, i.e. depth i + 1).
+  per_position = num_accepted_tokens_per_pos / num_drafts is vLLM's UNCONDITIONAL per-position acceptance rate.
 - accept_hist[L]: number of decode rounds that accepted exactly L draft tokens.
 - tokens_per_s: new_tokens / the summed wall time of all rounds (prefill included).
 """
@@ -39,13 +44,24 @@ class Metrics:
     wall: float
     tokens_per_s: float
     phase: tuple[tuple[str, float], ...]  # summed seconds per phase
+    num_drafts: int = 0  # vLLM's counters (see the module docstring)
+    num_accepted_tokens_per_pos: tuple[int, ...] = ()
+
+    @property
+    def per_position(self) -> tuple[float, ...]:
+        """vLLM's unconditional per-position acceptance rate: accepted at position i / drafts."""
+        return tuple(n / self.num_drafts for n in self.num_accepted_tokens_per_pos) if self.num_drafts else ()
 
     def as_dict(self) -> dict:
         return {"new_tokens": self.new_tokens, "target_forwards": self.target_forwards,
                 "draft_forwards": self.draft_forwards, "rounds": self.rounds,
                 "mean_accept_len": self.mean_accept_len, "draft_acceptance_rate": self.draft_acceptance_rate,
                 "per_depth": [list(x) for x in self.per_depth], "accept_hist": list(self.accept_hist),
-                "wall": self.wall, "tokens_per_s": self.tokens_per_s, "phase": dict(self.phase)}
+                "wall": self.wall, "tokens_per_s": self.tokens_per_s, "phase": dict(self.phase),
+                "num_drafts": self.num_drafts, "num_draft_tokens": self.drafted,
+                "num_accepted_tokens": self.accepted,
+                "num_accepted_tokens_per_pos": list(self.num_accepted_tokens_per_pos),
+                "per_position": list(self.per_position)}
 
 
 def compute(steps: Iterable[Step]) -> Metrics:
@@ -80,7 +96,8 @@ def compute(steps: Iterable[Step]) -> Metrics:
                    drafted=drafted, accepted=accepted,
                    draft_acceptance_rate=accepted / drafted if drafted else 0.0, per_depth=per_depth,
                    accept_hist=tuple(hist), wall=wall, tokens_per_s=new_tokens / wall if wall > 0 else 0.0,
-                   phase=phase)
+                   phase=phase, num_drafts=sum(1 for s in decode if s.nodes),
+                   num_accepted_tokens_per_pos=tuple(hits[1:]))
 
 
 def format_metrics(m: Metrics) -> str:
@@ -88,4 +105,4 @@ def format_metrics(m: Metrics) -> str:
     return (f"{m.new_tokens} tokens in {m.wall:.2f} s = {m.tokens_per_s:.1f} tok/s | target forwards {m.target_forwards}"
             f" | mean acceptance length {m.mean_accept_len:.2f} tokens/forward (bonus token included)"
             f" | draft acceptance {m.accepted}/{m.drafted} = {m.draft_acceptance_rate:.0%}"
-            f" | per depth {depth}")
+            f" | per depth {depth} (conditional)")

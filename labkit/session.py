@@ -17,10 +17,32 @@ from .models import DEFAULT_MODEL, LM, load
 from .trace import Step, TraceWriter, save_trace
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     config: dict
     steps: list[Step] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        text = self.text
+        return (f"Run({self.config.get('method')!r} on {self.config.get('model')!r}: {len(self.tokens)} tokens in "
+                f"{len(self.steps)} steps, text={text[:60] + ('…' if len(text) > 60 else '')!r})")
+
+    def _repr_html_(self) -> str:
+        """A notebook shows a Run as its coloured text (draft tokens the target accepted in green) and metrics."""
+        import html
+
+        from . import views
+
+        m = self.metrics
+        name = self.config.get("method")
+        rows = [("tokens", f"{m.new_tokens} in {m.rounds} rounds"), ("tokens/s (wall)", f"{m.tokens_per_s:.1f}"),
+                ("target forwards", m.target_forwards), ("mean acceptance length", f"{m.mean_accept_len:.2f}"),
+                ("draft tokens accepted", f"{m.accepted}/{m.drafted}" if m.drafted else "-")]
+        cells = "".join(f"<tr><td style='text-align:left'>{k}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        head = html.escape(f"{self.config.get('method_description', name)} on {self.config.get('model')}")
+        return (f"<div><div><b>{head}</b></div>"
+                f"{views.token_stream_html(self.steps, autoregressive=methods.own_tokens_only(name))}"
+                f"<table>{cells}</table></div>")
 
     @property
     def tokens(self) -> list[int]:

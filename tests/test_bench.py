@@ -99,6 +99,27 @@ def test_report_is_self_contained(tiny_dir, tmp_path):
     assert main(["bench", "report", str(out)]) == 0
 
 
+def _speed_py(path):
+    """What Spec-Bench's evaluation/speed.py computes per file: the mean over questions of tokens / wall time."""
+    speeds = []
+    for line in path.read_text().splitlines():
+        c = json.loads(line)["choices"][0]
+        speeds.append(sum(c["new_tokens"]) / sum(c["wall_time"]))
+    return sum(speeds) / len(speeds)
+
+
+def test_spec_bench_files_reproduce_the_reports_speed_py_column(tiny_dir, tmp_path):
+    out = tmp_path / "sb.jsonl"
+    run_bench(tiny_dir, out)
+    files = {json.loads(p.read_text().splitlines()[0])["method"]: p for p in (tmp_path / "sb.spec_bench").glob("*")}
+    row = next(r for r in bench.table(bench.read_records(out))
+               if r["method"] == "token_recycling" and r["category"] == "overall")
+    want = _speed_py(files["token_recycling"]) / _speed_py(files["autoregressive"])
+    assert row["speedup"]["spec_bench"] == pytest.approx(want)
+    ids = [json.loads(line)["answer_id"] for p in files.values() for line in p.read_text().splitlines()]
+    assert len(set(ids)) == len(ids)
+
+
 def test_one_metrics_function_for_all(tiny_dir, tmp_path, monkeypatch):
     recs = run_bench(tiny_dir, tmp_path / "m.jsonl")
     seen = []
@@ -161,3 +182,13 @@ def test_device_map_model_decodes(tiny_dir):
     for name in ("autoregressive", "prompt_lookup", "token_recycling"):
         got = [t for s in engine.decode(lm, methods.create(name, lm), ids, max_new_tokens=16) for t in s.tokens]
         assert got == ref, name
+
+
+def test_bench_run_is_the_command_as_a_function(tiny_dir, tmp_path):
+    rows = bench.run(["autoregressive", "prompt_lookup"], model=tiny_dir, n=1, categories=["qa"], max_new_tokens=8,
+                     warmup=0, no_generate=True, out=tmp_path / "f.jsonl")
+    assert {(r["method"], r["category"]) for r in rows} == {(m, c) for m in ("autoregressive", "prompt_lookup")
+                                                            for c in ("qa", "overall")}
+    assert (tmp_path / "f.md").exists()
+    with pytest.raises(TypeError, match="unknown options bogus"):
+        bench.run(model=tiny_dir, bogus=1)

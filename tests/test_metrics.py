@@ -33,6 +33,11 @@ def test_metric_definitions_on_hand_made_steps():
     assert m.accept_hist == (2, 1, 1, 0)
     assert m.wall == pytest.approx(5.0) and m.tokens_per_s == pytest.approx(8 / 5)
     assert dict(m.phase)["verify"] == pytest.approx(4.0)
+    # vLLM's counters: 3 rounds drafted; positions 1, 2 reached by 2 and 1 of them; unconditional rates per draft
+    assert m.num_drafts == 3 and m.num_accepted_tokens_per_pos == (2, 1, 0)
+    assert m.per_position == pytest.approx((2 / 3, 1 / 3, 0.0))
+    d = m.as_dict()
+    assert (d["num_draft_tokens"], d["num_accepted_tokens"]) == (7, 3)
 
 
 def test_autoregressive_scores_one():

@@ -80,9 +80,11 @@ from .memory import (  # noqa: F401
 from .cli import (  # noqa: F401
     add_arguments,
     main,
+    run,
 )
 
 __all__ = [
+    'run',
     'CATEGORIES',
     'MT_BENCH',
     'BASELINE',

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -13,7 +15,7 @@ from ..devices import device_name
 from .measure import Spec, _load, interleaved, parse_specs, state_bytes, warm_up
 from .memory import memory_check
 from .questions import CATEGORIES, GENERATE, GENERATE_PLD, PLD_TOKENS, load_questions, select, shard
-from .records import _truncate_partial, merge, read_records
+from .records import _truncate_partial, merge, read_records, table
 from .report import write_report
 
 
@@ -57,6 +59,30 @@ def add_arguments(p) -> None:
     from . import sparsity as sparsity_bench
 
     sparsity_bench.add_arguments(p)  # --budgets etc.
+
+
+def run(methods: str | Sequence[str] = "autoregressive,prompt_lookup:sizing=auto,token_recycling", *,
+        categories: str | Sequence[str] | None = None, out: str | os.PathLike | None = None, **options) -> list[dict]:
+    """`labkit bench` as a Python function: the same harness, files and report as the command, with its option
+    names as keywords (`n=1, max_new_tokens=32, threads=1, model="gemma3-270m", ...`). Returns the report's
+    rows (`bench.table`: one per method and category, and "overall"); the records stay in `out` (resumable)."""
+    from ..cli import build_parser
+
+    args = build_parser().parse_args(["bench"])  # the command's defaults, in one place
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"bench.run() got unknown options {', '.join(unknown)}; see `labkit bench --help`")
+    args.methods = methods if isinstance(methods, str) else ",".join(methods)
+    if categories is not None:
+        args.categories = categories if isinstance(categories, str) else ",".join(categories)
+    args.out = None if out is None else str(out)
+    args.no_progress = options.pop("no_progress", True)
+    for key, value in options.items():
+        setattr(args, key, value)
+    status = main(args)
+    if status:
+        raise RuntimeError(f"labkit bench ended with status {status}")
+    return table(read_records(args.out)) if args.action == "run" else []
 
 
 def _default_out(args, lm) -> str:
@@ -114,6 +140,7 @@ def _run(lm, specs: list[Spec], questions: list[dict], args) -> int:
 
     torch.manual_seed(args.seed)
     out = Path(args.out or _default_out(args, lm))
+    args.out = str(out)  # bench.run reads the records back from here
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         for p in (out, Path(str(out) + ".meta.jsonl")):

@@ -3,6 +3,7 @@ that `labkit bench` and the app's Bench tab both run."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 import time
@@ -75,8 +76,9 @@ def _load() -> float | None:
 
 def _record(q: dict, spec_label: str, method_name: str, params: dict, model_id: str, text: str, tokens: list[int],
             wall: float, accept_lengths: list[int], extra: dict) -> dict:
-    return {"question_id": q["question_id"], "category": q["category"], "bench_category": q["bench_category"],
-            "model_id": model_id, "method": spec_label, "method_name": method_name, "params": params,
+    answer = hashlib.sha1(f"{model_id}\0{q['question_id']}\0{spec_label}".encode()).hexdigest()[:22]
+    return {"question_id": q["question_id"], "answer_id": answer, "category": q["category"],
+            "bench_category": q["bench_category"], "model_id": model_id, "method": spec_label, "method_name": method_name, "params": params,
             "choices": [{"index": 0, "turns": [text], "new_tokens": [len(tokens)], "wall_time": [wall],
                          "accept_lengths": accept_lengths, "decoding_steps": [len(accept_lengths)]}],
             "tokens": tokens, "tstamp": time.time(), "labkit": extra}

@@ -80,6 +80,11 @@ def summarize(records: Sequence[dict], t_plain: float | None = None) -> dict:
         for d, rate, n in r["labkit"].get("per_depth", []):
             hits[int(d)] = hits.get(int(d), 0.0) + rate * n
             tries[int(d)] = tries.get(int(d), 0.0) + n
+    drafts = sum(r["labkit"].get("num_drafts", 0) for r in records)
+    at_pos: dict[int, int] = {}
+    for r in records:
+        for i, n in enumerate(r["labkit"].get("num_accepted_tokens_per_pos", []), 1):
+            at_pos[i] = at_pos.get(i, 0) + n
     dec_tok = [r["labkit"].get("decode_tokens") for r in records]
     dec_wall = [r["labkit"].get("decode_wall") for r in records]
     ideal = [r["labkit"].get("ideal_decode_seconds") for r in records]
@@ -92,12 +97,18 @@ def summarize(records: Sequence[dict], t_plain: float | None = None) -> dict:
     nodes = [r["labkit"].get("nodes_per_round", 0.0) * len(r["choices"][0]["accept_lengths"]) for r in records]
     cpu = [r["labkit"].get("cpu_time") for r in records]
     cpu_total = sum(cpu) if records and all(c is not None for c in cpu) else None
+    per_question = [sum(r["choices"][0]["new_tokens"]) / sum(r["choices"][0]["wall_time"]) for r in records
+                    if sum(r["choices"][0]["wall_time"]) > 0]
     out = {
         "questions": len(records), "new_tokens": new_tokens, "wall": wall,
         "tokens_per_s": new_tokens / wall if wall > 0 else 0.0,
+        # Spec-Bench's evaluation/speed.py: the mean over questions of each question's tokens/s
+        "tokens_per_s_question_mean": float(np.mean(per_question)) if per_question else 0.0,
         "tokens_per_cpu_s": new_tokens / cpu_total if cpu_total else None,
         "mean_accept_len": float(np.mean(accept)) if accept else 0.0,
-        "per_depth": {d: hits[d] / tries[d] for d in sorted(tries) if tries[d] > 0},
+        "per_depth": {d: hits[d] / tries[d] for d in sorted(tries) if tries[d] > 0},  # conditional
+        "num_drafts": drafts,  # vLLM's counter and its unconditional per-position rate (labkit.metrics)
+        "per_position": {i: n / drafts for i, n in sorted(at_pos.items())} if drafts else {},
         "decode_tokens_per_s": (sum(dec_tok) / sum(dec_wall)) if have_decode and sum(dec_wall) > 0 else None,
         "ideal_decode_tokens_per_s": (sum(dec_tok) / sum(ideal)) if have_decode and all(
             x is not None for x in ideal) and sum(ideal) > 0 else None,
@@ -108,7 +119,7 @@ def summarize(records: Sequence[dict], t_plain: float | None = None) -> dict:
     }
     if records and all(r["method"] == GENERATE_PLD for r in records):
         # transformers' prompt lookup runs inside generate: its acceptance is not observable from outside
-        out["mean_accept_len"], out["per_depth"] = None, {}
+        out["mean_accept_len"], out["per_depth"], out["per_position"] = None, {}, {}
     if t_plain and out["ideal_decode_tokens_per_s"] is not None:
         out["ideal_speedup"] = out["ideal_decode_tokens_per_s"] * t_plain
     return out
@@ -158,7 +169,9 @@ def _ratio(mine: Sequence[dict], base: Sequence[dict], questions: set, t_plain: 
         return None
     a = summarize([r for r in mine if r["question_id"] in questions], t_plain)
     b = summarize([r for r in base if r["question_id"] in questions], t_plain)
-    out = {"tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"] if b["tokens_per_s"] else float("nan")}
+    out = {"tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"] if b["tokens_per_s"] else float("nan"),
+           "spec_bench": (a["tokens_per_s_question_mean"] / b["tokens_per_s_question_mean"]
+                          if b["tokens_per_s_question_mean"] else float("nan"))}
     if a["tokens_per_cpu_s"] and b["tokens_per_cpu_s"]:
         out["cpu"] = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
     if a["decode_tokens_per_s"] and b["decode_tokens_per_s"]:

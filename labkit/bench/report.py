@@ -38,28 +38,37 @@ def markdown(rows: list[dict], meta: Sequence[dict] = ()) -> str:
                      f"questions; load average at start "
                      f"{', '.join(str(x.get('load_start')) for x in meta if x.get('phase') != 'end')}")
         lines.append("")
-    head = ("| category | method | questions | tokens/s | speedup vs AR | vs generate | CPU-time speedup vs AR | "
+    head = ("| category | method | questions | tokens/s | speedup vs AR | vs AR, Spec-Bench's speed.py | vs generate | "
+            "CPU-time speedup vs AR | "
             "vs generate (CPU) | decode speedup | ideal | "
-            "efficiency (wall / CPU) | mean accept len | per-depth acceptance (d1 d2 d3 d4) | nodes/round | sizing picked | "
+            "efficiency (wall / CPU) | mean accept len | per-depth acceptance, conditional (d1 d2 d3 d4) | "
+            "per-position acceptance, vLLM's unconditional (p1 p2 p3 p4) | nodes/round | sizing picked | "
             "identical vs AR | identical vs generate | tracing overhead (wall / CPU) |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         sp = r.get("speedup") or {}
         sg = r.get("speedup_vs_generate") or {}
         depth = " ".join(f"{r['per_depth'].get(d, 0):.2f}" for d in range(1, 5) if d in r["per_depth"]) or "-"
+        pos = " ".join(f"{r['per_position'][i]:.2f}" for i in range(1, 5) if i in r.get("per_position", {})) or "-"
         ia, na = r["identical_vs_baseline"]
         ig, ng = r["identical_vs_generate"]
         lines.append(
             f"| {r['category']} | {r['method']} | {r['questions']} | {r['tokens_per_s']:.1f} | "
-            f"{_f(sp.get('tokens_per_s'), '{:.2f}x')} | {_f(sg.get('tokens_per_s'), '{:.2f}x')} | "
+            f"{_f(sp.get('tokens_per_s'), '{:.2f}x')} | {_f(sp.get('spec_bench'), '{:.2f}x')} | "
+            f"{_f(sg.get('tokens_per_s'), '{:.2f}x')} | "
             f"{_f(sp.get('cpu'), '{:.2f}x')} | {_f(sg.get('cpu'), '{:.2f}x')} | "
             f"{_f(sp.get('decode'), '{:.2f}x')} | {_f(sp.get('ideal'), '{:.2f}x')} | {_f(sp.get('efficiency'))} / {_f(sp.get('efficiency_cpu'))} | "
-            f"{_f(r['mean_accept_len'])} | {depth} | {r['nodes_per_round']:.1f} | {_f(r['sizing_mode'], '{}')} | "
+            f"{_f(r['mean_accept_len'])} | {depth} | {pos} | {r['nodes_per_round']:.1f} | {_f(r['sizing_mode'], '{}')} | "
             f"{ia}/{na} | {ig}/{ng} | {_f(r.get('tracing_overhead'), '{:+.1%}')} / "
             f"{_f(r.get('tracing_overhead_cpu'), '{:+.1%}')} |")
     lines.append("")
     lines.append("tokens/s = new tokens / wall time summed over questions (prefill included); speedup = tokens/s "
-                 "over the autoregressive baseline's on the same questions in the same process; CPU-time speedup = "
+                 "over the autoregressive baseline's on the same questions in the same process (labkit's definition: "
+                 "summed tokens over summed time); Spec-Bench's speed.py = the ratio of the means over questions "
+                 "of each question's tokens/s (what evaluation/speed.py computes from the .spec_bench/ files); "
+                 "per-depth acceptance = accepted at depth d / rounds whose path reached d - 1 and tried d "
+                 "(conditional); per-position = vLLM's num_accepted_tokens_per_pos / num_drafts (unconditional); "
+                 "CPU-time speedup = "
                  "the same with the process's CPU time instead of wall time (meaningful with --threads 1: it "
                  "ignores other jobs taking turns on the cores); decode speedup = "
                  "the same over decode rounds only; ideal = mean acceptance length x t(1 token) / t(tree) from the "
