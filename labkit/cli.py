@@ -1,4 +1,4 @@
-"""The `labkit` command (also `python -m labkit`): run, demo, methods, check, bench, app.
+"""The `labkit` command (also `python -m labkit`): run, demo, methods, check, bench, trace, app.
 
 Bad input (unknown method, bad parameter, empty or too long prompt, missing model) prints one line
 `labkit: error: ...` and exits with status 2. Colour only on a terminal, never with NO_COLOR set
@@ -199,6 +199,21 @@ def cmd_check(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_trace(args) -> int:
+    """`labkit trace export --chrome FILE` / `labkit trace schema`."""
+    if args.action == "schema":
+        from .trace import json_schema
+
+        _print_json(json_schema())
+        return 0
+    from .timeline import export_chrome
+
+    if not args.chrome:
+        raise UsageError("say the format: labkit trace export --chrome run.jsonl")
+    print(export_chrome(args.chrome, args.out))
+    return 0
+
+
 def cmd_app(args) -> int:
     """`labkit app ...`: the Gradio app (its own options: `labkit app --help`)."""
     from .extras import require
@@ -259,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(sub.add_parser("bench", help="Spec-Bench questions: speed and acceptance per method"))
     sub.choices["bench"].set_defaults(fn=cmd_bench)
     _add_model_args(sub.choices["bench"])
+
+    p = sub.add_parser("trace", help="export a trace (JSON lines) for other tools, or print its JSON Schema")
+    p.add_argument("action", choices=("export", "schema"))
+    p.add_argument("--chrome", metavar="TRACE", help="write TRACE as a Chrome / Perfetto trace-event file")
+    p.add_argument("--out", "-o", help="output path (default: beside the trace, NAME.chrome.json)")
+    p.set_defaults(fn=cmd_trace)
 
     p = sub.add_parser("app", help="the Gradio app (labkit app --help for its options)", add_help=False)
     p.add_argument("app_args", nargs=argparse.REMAINDER)

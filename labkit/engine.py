@@ -358,8 +358,19 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     """Run `method` on `prompt` (token ids) and yield one Step per round.
 
     The first Step is the prefill (it reads the prompt and picks the first token). Generation ends at an
-    EOS token, after `max_new_tokens`, or when `should_stop()` returns True (checked between rounds).
+    EOS token, after `max_new_tokens`, or when `should_stop()` returns True (checked between rounds). Each
+    Step's `timing.start` is when its round began, in seconds since the run began.
     """
+    t_run = time.perf_counter()
+    for step in _decode(lm, method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, detail=detail,
+                        should_stop=should_stop):
+        # a round ends just before it is yielded: it began `total` seconds earlier
+        start = max(0.0, time.perf_counter() - t_run - step.timing.total)
+        yield dataclasses.replace(step, timing=dataclasses.replace(step.timing, start=start))
+
+
+def _decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int, sampling: SamplingConfig,
+            detail: bool, should_stop: Callable[[], bool] | None) -> Iterator[Step]:
     check_request(lm, prompt, max_new_tokens)
     gen = torch.Generator(device=_logits_device(lm))
     gen.manual_seed(sampling.seed)

@@ -48,13 +48,15 @@ class Node:
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall seconds per phase of one round; `total` also counts the loop's own bookkeeping."""
+    """Wall seconds per phase of one round; `total` also counts the loop's own bookkeeping. `start`: when the
+    round began, in seconds since the run began (so a trace opens on a timeline: `labkit trace export --chrome`)."""
 
     draft: float = 0.0
     verify: float = 0.0
     accept: float = 0.0
     commit: float = 0.0
     total: float = 0.0
+    start: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -270,4 +272,59 @@ def load_trace(path: str | os.PathLike) -> Trace:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise TraceError("the file is not UTF-8 text: not a labkit trace") from None
+    except OSError as e:
+        raise TraceError(f"cannot read {str(path)!r}: {e.strerror or type(e).__name__}") from None
     return parse_trace(text)
+
+
+# ---- the published schema ------------------------------------------------------------------------
+
+def _schema_of(tp: Any, defs: dict) -> dict:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if tp.__name__ not in defs:
+            defs[tp.__name__] = {}  # placeholder: recursive types
+            hints = typing.get_type_hints(tp)
+            fields = dataclasses.fields(tp)
+            defs[tp.__name__] = {
+                "type": "object", "description": (tp.__doc__ or "").strip().split("\n\n")[0],
+                "properties": {f.name: _schema_of(hints[f.name], defs) for f in fields},
+                "required": [f.name for f in fields if f.default is dataclasses.MISSING
+                             and f.default_factory is dataclasses.MISSING],
+                "additionalProperties": False}
+        return {"$ref": f"#/$defs/{tp.__name__}"}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": _schema_of(args[0], defs)}
+        return {"type": "array", "prefixItems": [_schema_of(a, defs) for a in args], "items": False}
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return {"anyOf": [_schema_of(a, defs) for a in args]}
+    simple = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object",
+              type(None): "null"}
+    if tp in simple:
+        return {"type": simple[tp]}
+    return {}
+
+
+def json_schema() -> dict:
+    """The JSON Schema (2020-12) of one line of a trace: the header, or an event. Generated from the
+    dataclasses themselves, so it cannot drift from them; published as docs/trace.schema.json."""
+    for module in LAZY_EVENT_MODULES.values():  # every event type a trace can hold
+        importlib.import_module(module)
+    defs: dict = {}
+    events = []
+    for name, cls in EVENT_TYPES.items():
+        ref = _schema_of(cls, defs)["$ref"].rsplit("/", 1)[1]
+        line = dict(defs[ref])
+        line["properties"] = {"type": {"const": name}, **line["properties"]}
+        line["required"] = ["type", *line["required"]]
+        defs[f"{name}_line"] = line
+        events.append({"$ref": f"#/$defs/{name}_line"})
+    defs["header"] = {"type": "object", "description": "The first line: schema name, version, the run's config.",
+                      "properties": {"schema": {"const": SCHEMA}, "version": {"const": SCHEMA_VERSION},
+                                     "config": {"type": "object"}},
+                      "required": ["schema", "version"]}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": f"labkit trace line (schema {SCHEMA!r}, version {SCHEMA_VERSION})",
+            "description": "A trace is JSON lines: the first line is the header, every other line one event.",
+            "oneOf": [{"$ref": "#/$defs/header"}, *events], "$defs": defs}

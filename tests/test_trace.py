@@ -136,3 +136,58 @@ def test_concurrent_saves_of_one_path_do_not_collide(tmp_path):
         t.join()
     assert not errors and load_trace(path).config["method"] == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["t.jsonl"]  # no temporary file left behind
+
+
+def _real_trace(tiny, tmp_path):
+    from labkit.sparsity import SparsityFrame
+
+    lm = tiny("llama")
+    steps = list(engine.decode(lm, methods.create("token_recycling", lm, {}), [1, 2, 3, 1, 2, 3, 1], max_new_tokens=12))
+    frame = SparsityFrame(step=1, kind="decode", policy="streaming_llm", kv_len=10, queries=(9,), layers=(),
+                          kv_kept=((4, 4),), recall=0.9)
+    path = tmp_path / "run.jsonl"
+    save_trace(path, {"method": "token_recycling", "model": "tiny"}, [*steps, frame])
+    return path, steps
+
+
+def test_rounds_carry_start_times_in_order(tiny, tmp_path):
+    _, steps = _real_trace(tiny, tmp_path)
+    assert steps[0].timing.start < 0.5
+    for a, b in zip(steps, steps[1:]):
+        assert a.timing.start + a.timing.total <= b.timing.start + 1e-6
+
+
+def test_chrome_export_opens_as_trace_events(tiny, tmp_path, capsys):
+    from labkit.cli import main
+
+    path, steps = _real_trace(tiny, tmp_path)
+    assert main(["trace", "export", "--chrome", str(path)]) == 0
+    doc = json.loads((tmp_path / "run.chrome.json").read_text())
+    rounds = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] in ("prefill", "decode")]
+    phases = [e for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "phase"]
+    assert len(rounds) == len(steps) and phases
+    for p in phases:  # every phase nests inside one round
+        assert any(r["ts"] <= p["ts"] and p["ts"] + p["dur"] <= r["ts"] + r["dur"] + 1 for r in rounds)
+    assert main(["trace", "export", "--chrome", str(tmp_path / "missing.jsonl")]) == 2
+    assert "labkit: error:" in capsys.readouterr().err
+
+
+def test_the_published_schema_is_the_generated_one_and_validates_real_lines(tiny, tmp_path):
+    from pathlib import Path
+
+    import jsonschema
+
+    from labkit.trace import json_schema
+
+    schema = json_schema()
+    published = Path(__file__).resolve().parents[1] / "docs" / "trace.schema.json"
+    assert json.loads(published.read_text()) == schema, "re-run: labkit trace schema > docs/trace.schema.json"
+    path, _ = _real_trace(tiny, tmp_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = path.read_text().splitlines()
+    for line in lines:
+        validator.validate(json.loads(line))
+    bad = json.loads(lines[1])
+    bad["nodes"] = "oops"
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(bad)
