@@ -164,7 +164,10 @@ def cmd_methods(args) -> int:
         print(f"    paper: {info['paper']}")
         for p in info["params"]:
             rng = f" [{p['lo']}, {p['hi']}]" if p["lo"] is not None or p["hi"] is not None else ""
+            rng += f" {{{'|'.join(map(str, p['choices']))}}}" if p.get("choices") else ""
             print(f"    --param {p['name']}={p['default']}{rng}  {p['help']}")
+        for spec in info["variants"]:
+            print(f"    variant: {spec}")
     return 0
 
 

@@ -71,6 +71,10 @@ class Method:
     state_keys: ClassVar[tuple[str, ...]] = ()
     # A prompt on which this method's drafts show what they do (the app starts a visitor there)
     example: ClassVar[str] = "List the planets of the solar system in order, one per line, with one fact each."
+    # Other settings of the method that are methods in their own right (the paper's reference mode beside
+    # labkit's variant, ...): parameter overrides. `methods.variants()` lists them as specs
+    # ("aded:mode=reference"); the registry-parametrized tests, `labkit methods` and the docs cover each one.
+    variants: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def __init__(self, lm: LM, params: Any = None):
         self.lm = lm

@@ -15,7 +15,7 @@ from labkit.engine import Method, Proposal
 from labkit.methods.draft_model import DraftModel, DraftModelParams
 from labkit.testing import flat_curve
 
-LOSSLESS = [n for n, c in methods.REGISTRY.items() if c.lossless]
+LOSSLESS = methods.variants(lossless=True)  # every lossless method and each named variant
 ARCHS = ["llama", "qwen2", "gemma3"]  # gemma3: sliding-window layers (window 12) that the trees cross
 N_NEW = 40
 PATHS = [b for b in backends.BACKENDS if b == "stock" or backends.fast_available("cpu", torch.float32) is None]
@@ -28,7 +28,7 @@ def prompt(seed, vocab=32):
 
 
 def skip_unsupported(name, lm):
-    reason = methods.REGISTRY[name].supports(lm)
+    reason = methods.get(name).supports(lm)
     if reason:
         pytest.skip(f"{name} does not support {lm.name}: {reason}")
 
@@ -55,7 +55,7 @@ def test_greedy_equivalence(tiny, name, arch, backend):
         assert sum(s.kind == "decode" for s in steps) >= 2
         assert steps[-1].finished == "length" and steps[-1].kv_len == len(ids) + N_NEW - 1
         accepted += sum(len(s.accepted) for s in steps)
-    if methods.REGISTRY[name].kind == "speculative":
+    if methods.get(name).kind == "speculative":
         assert accepted > 0, f"{name} never had a draft token accepted: the test did not exercise verification"
 
 
@@ -183,7 +183,7 @@ def test_bad_requests(tiny):
 def test_an_alibi_model_is_exact_or_refused_in_one_line(tiny, name):
     """BLOOM places tokens by ALiBi from the attention mask: chains verify as on any model, trees are refused."""
     lm = tiny("bloom")
-    if methods.REGISTRY[name].supports(lm):
+    if methods.get(name).supports(lm):
         pytest.skip("not offered for this model")
     ids = prompt(3)
     try:

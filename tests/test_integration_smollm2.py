@@ -12,7 +12,7 @@ PROMPTS = [
     "Repeat after me three times: the cat sat on the mat.",
     "Write a Python function that adds two numbers.",
 ]
-LOSSLESS = [n for n, c in methods.REGISTRY.items() if c.lossless]
+LOSSLESS = methods.variants(lossless=True)  # every lossless method and each named variant
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def references(smol):
 
 @pytest.mark.parametrize("name", LOSSLESS)
 def test_greedy_equivalence_smollm2(smol, references, name):
-    if methods.REGISTRY[name].supports(smol):
-        pytest.skip(methods.REGISTRY[name].supports(smol))
+    if methods.get(name).supports(smol):
+        pytest.skip(methods.get(name).supports(smol))
     m = methods.create(name, smol)
     for p, (ids, ref) in references.items():
         got = [t for s in engine.decode(smol, m, ids, max_new_tokens=40, detail=False) for t in s.tokens]

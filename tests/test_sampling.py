@@ -15,7 +15,7 @@ from labkit import engine, methods
 from labkit.sampling import SamplingConfig, probs
 from labkit.testing import chi2_pvalue
 
-LOSSLESS = [n for n, c in methods.REGISTRY.items() if c.lossless]
+LOSSLESS = methods.variants(lossless=True)  # every lossless method and each named variant
 RUNS = 1000
 
 
@@ -59,8 +59,8 @@ CASES = ([pytest.param(n, c, id=f"{n}-{cid}") for n in LOSSLESS for cid, c in BA
 @pytest.mark.parametrize("name,cfg", CASES)
 def test_sampling_preserves_target_distribution(tiny, name, cfg):
     lm = tiny("llama")
-    if methods.REGISTRY[name].supports(lm):
-        pytest.skip(methods.REGISTRY[name].supports(lm))
+    if methods.get(name).supports(lm):
+        pytest.skip(methods.get(name).supports(lm))
     PROMPT = make_prompt(lm)
     exact2, exact3 = exact_marginals(lm, cfg, PROMPT)
     m = methods.create(name, lm)
@@ -74,7 +74,7 @@ def test_sampling_preserves_target_distribution(tiny, name, cfg):
         accepted += sum(len(s.accepted) for s in steps)
     assert chi2(np.array(t2), exact2) > 1e-3
     assert chi2(np.array(t3), exact3) > 1e-3
-    if methods.REGISTRY[name].kind == "speculative":
+    if methods.get(name).kind == "speculative":
         assert accepted > RUNS // 20, f"{name}: too few accepted drafts ({accepted}) to exercise the rule"
 
 
@@ -86,7 +86,7 @@ def test_same_seed_and_state_same_output(tiny, name):
     different tree and so draw other random numbers."""
     lm = tiny("llama")
     cfg = SamplingConfig(temperature=1.0, seed=42)
-    cls = methods.REGISTRY[name]
+    cls = methods.get(name)
     fields = {f.name for f in dataclasses.fields(cls.Params)} if dataclasses.is_dataclass(cls.Params) else set()
     timing_free = {"sizing": "off"} if "sizing" in fields else None
     m = methods.create(name, lm, timing_free)

@@ -488,7 +488,7 @@ def test_one_provenance_rule_for_every_view(tiny):
     assert strip.marker.color[1] == views.PROVENANCE_COLORS["autoregressive"]
 
 
-@pytest.mark.parametrize("name", list(methods.REGISTRY))
+@pytest.mark.parametrize("name", methods.variants())
 def test_every_view_draws_every_methods_steps(tiny, name):
     """Registry-wide: the tree, the mask, the method state, the stream and the statistics draw every Step every
     method yields (a view that breaks for one method fails here, not at draw time in the app), and a method that
@@ -500,6 +500,7 @@ def test_every_view_draws_every_methods_steps(tiny, name):
     if cls.supports(lm) is not None:
         pytest.skip(cls.supports(lm))
     run = Session(lm=lm).run(name, "w1 w2 w3 w1 w2 w3 w1", max_new_tokens=10, chat=False)
+    name = cls.name  # a variant's spec -> its method
     for step in run.steps:
         views.draft_tree(step)
         fig = views.method_state(step, name)

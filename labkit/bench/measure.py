@@ -32,10 +32,9 @@ class Spec:
     @classmethod
     def parse(cls, text: str) -> "Spec":
         from .. import methods
-        from ..params import build, parse_assignments
+        from ..params import build
 
-        parts = [p.strip() for p in text.strip().split(":")]
-        name, params = parts[0], parse_assignments([p for p in parts[1:] if p])
+        name, params = methods.split_spec(text)
         cls_ = methods.get(name)
         build(cls_.Params, params)  # fail fast on a bad name or value
         return cls(label=text.strip(), name=name, params=tuple(sorted(params.items())))

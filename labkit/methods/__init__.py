@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine import Method
-from ..params import ParamError, build, describe
+from ..params import ParamError, build, describe, parse_assignments
 from .autoregressive import Autoregressive
 from .draft_model import DraftModel
 from .prompt_lookup import PromptLookup
@@ -41,15 +41,39 @@ _METHODS += [Aded, Lookahead, CopySpec, Swift, EarlyExit]  # training-free draft
 REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}
 
 
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'name:param=value:...' (a method with parameters, as `labkit bench --methods` writes it) -> (name, params)."""
+    parts = [p.strip() for p in spec.strip().split(":")]
+    return parts[0], parse_assignments([p for p in parts[1:] if p])
+
+
 def get(name: str) -> type[Method]:
+    """The class of a method name (or of a spec 'name:param=value...')."""
+    name = split_spec(name)[0] if ":" in name else name
     if name not in REGISTRY:
         raise ParamError(f"unknown method {name!r}; available: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
 def create(name: str, lm, params: dict[str, Any] | None = None) -> Method:
-    cls = get(name)
-    return cls(lm, build(cls.Params, params))
+    """An instance of a method name or spec; `params` override the spec's."""
+    base, spec_params = split_spec(name)
+    cls = get(base)
+    return cls(lm, build(cls.Params, {**spec_params, **(params or {})}))
+
+
+def spec_of(name: str, overrides: dict[str, Any]) -> str:
+    return name + "".join(f":{k}={v}" for k, v in overrides.items())
+
+
+def variants(*, lossless: bool | None = None) -> list[str]:
+    """Every method and each of its named variants (`Method.variants`) as a spec, registry order: what the
+    registry-parametrized tests run, so a new variant is tested the moment it is declared."""
+    out = []
+    for name, cls in REGISTRY.items():
+        if lossless is None or cls.lossless == lossless:
+            out += [name] + [spec_of(name, v) for v in cls.variants]
+    return out
 
 
 def own_tokens_only(name: str | None) -> bool:
@@ -63,7 +87,8 @@ def own_tokens_only(name: str | None) -> bool:
 def info(name: str) -> dict:
     cls = get(name)
     return {"name": cls.name, "title": cls.title, "paper": cls.paper, "lossless": cls.lossless,
-            "kind": cls.kind, "params": describe(cls.Params), "example": cls.example}
+            "kind": cls.kind, "params": describe(cls.Params), "example": cls.example,
+            "variants": [spec_of(cls.name, v) for v in cls.variants]}
 
 
-__all__ = ["REGISTRY", "get", "create", "info", "own_tokens_only", "Method"]
+__all__ = ["REGISTRY", "get", "create", "info", "own_tokens_only", "Method", "split_spec", "spec_of", "variants"]

@@ -4,6 +4,13 @@ Saxena, "Prompt Lookup Decoding" (2023), https://github.com/apoorvumang/prompt-l
 the same idea as transformers' `PromptLookupCandidateGenerator`. Lossless (drafts are verified; no draft
 distribution, so the point-mass rejection rule keeps sampling exact).
 
+`match=first` (the default) takes the EARLIEST occurrence of the longest matching suffix n-gram, as the
+reference and transformers do: with `max_ngram=2, min_ngram=1, draft_len=10` its drafts are transformers'
+`prompt_lookup_num_tokens=10` candidates token for token (a test compares them). `match=last` (the variant,
+labkit's earlier default) takes the most recent occurrence, which follows the text being written now.
+Departure: the reference copies only when a full `draft_len` continuation exists; here (as in transformers) a
+shorter one is copied too.
+
 With `sizing=auto` (off by default: the original method copies `draft_len` tokens) the draft length is chosen every round by `labkit.sizing.ChainSizer`: the length
 (0 .. draft_len) that maximises expected tokens per second given this device's measured latency curve and the
 per-depth acceptance observed so far. When copying stops paying it drafts nothing (plain decoding) but keeps
@@ -28,11 +35,14 @@ class PromptLookupParams:
     sizing: str = param("off", "auto: draft length from the measured latency curve and the observed acceptance "
                                "(down to no draft); off: always up to draft_len (the original method)",
                         choices=("auto", "off"))
+    match: str = param("first", "which earlier occurrence of the suffix n-gram to copy from: first (the reference's "
+                                "and transformers') or last (the most recent)", choices=("first", "last"))
 
 
-def find_continuation(seq: list[int], max_ngram: int, min_ngram: int, length: int) -> tuple[list[int], int, int]:
-    """Tokens that followed the most recent earlier occurrence of the longest matching suffix n-gram.
-    Returns (tokens, n, match_start); ([], 0, -1) when nothing matches."""
+def find_continuation(seq: list[int], max_ngram: int, min_ngram: int, length: int,
+                      match: str = "last") -> tuple[list[int], int, int]:
+    """Tokens that followed the earliest (`match="first"`) or most recent (`"last"`) earlier occurrence of the
+    longest matching suffix n-gram. Returns (tokens, n, match_start); ([], 0, -1) when nothing matches."""
     arr = np.asarray(seq, dtype=np.int64)
     n_seq = len(arr)
     for n in range(min(max_ngram, n_seq - 1), min_ngram - 1, -1):
@@ -40,7 +50,7 @@ def find_continuation(seq: list[int], max_ngram: int, min_ngram: int, length: in
         windows = np.lib.stride_tricks.sliding_window_view(arr[:-1], n)
         hits = np.flatnonzero((windows == arr[n_seq - n:]).all(axis=1))
         if len(hits):
-            start = int(hits[-1])  # the most recent match
+            start = int(hits[0] if match == "first" else hits[-1])
             return [int(t) for t in arr[start + n:start + n + length]], n, start
     return [], 0, -1
 
@@ -58,6 +68,7 @@ class PromptLookup(Method):
     lossless = True
     Params = PromptLookupParams
     example = COPY_EXAMPLE
+    variants = ({"match": "last"},)
 
     def __init__(self, lm, params=None):
         super().__init__(lm, params)
@@ -75,7 +86,7 @@ class PromptLookup(Method):
             raise ValueError("min_ngram must not exceed max_ngram")
         t0 = self.sizer.clock() if self.sizer is not None else 0.0
         length = self.sizer.length() if self.sizer is not None else p.draft_len
-        cont, n, start = find_continuation(seq, p.max_ngram, p.min_ngram, max(length, 1))
+        cont, n, start = find_continuation(seq, p.max_ngram, p.min_ngram, max(length, 1), p.match)
         state = {"ngram": n, "match_at": start} if cont else {"ngram": 0}
         self._shadow = None
         if self.sizer is not None:

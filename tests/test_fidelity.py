@@ -1,0 +1,40 @@
+"""Methods as published: each reference mode does what its paper's code does, on hand-made inputs (the
+registry-wide tests cover every variant's losslessness)."""
+import random
+
+import pytest
+import torch
+
+from labkit import methods
+from labkit.methods.prompt_lookup import find_continuation
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_prompt_lookup_first_match_drafts_what_transformers_drafts():
+    from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+    gen = PromptLookupCandidateGenerator(eos_token_id=None, num_output_tokens=10, max_matching_ngram_size=2,
+                                         max_length=10_000)
+    rng = random.Random(0)
+    compared = 0
+    for _ in range(300):
+        seq = [rng.randrange(6) for _ in range(rng.randrange(3, 60))]
+        ids = torch.tensor([seq])
+        cand, _ = gen.get_candidates(ids)
+        theirs = cand[0, len(seq):].tolist()
+        ours = find_continuation(seq, 2, 1, 10, "first")[0]
+        assert ours == theirs, seq
+        compared += bool(ours)
+    assert compared > 200  # most sequences had a match
+
+
+def test_prompt_lookup_last_match_is_the_most_recent():
+    seq = [1, 2, 7, 1, 2, 8, 1, 2]
+    assert find_continuation(seq, 2, 1, 1, "first")[0] == [7]
+    assert find_continuation(seq, 2, 1, 1, "last")[0] == [8]
+
+
+def test_variants_are_listed_as_specs():
+    assert "prompt_lookup:match=last" in methods.variants(lossless=True)
+    assert methods.get("prompt_lookup:match=last") is methods.get("prompt_lookup")
