@@ -38,3 +38,19 @@ def test_prompt_lookup_last_match_is_the_most_recent():
 def test_variants_are_listed_as_specs():
     assert "prompt_lookup:match=last" in methods.variants(lossless=True)
     assert methods.get("prompt_lookup:match=last") is methods.get("prompt_lookup")
+
+
+def test_copy_spec_reference_copies_ten_after_the_first_occurrence_of_the_last_five(tiny):
+    lm = tiny("llama")
+    ref = methods.create("copy_spec:mode=reference", lm)
+    own = methods.create("copy_spec", lm)
+    head = [1, 2, 3, 4, 5]
+    seq = head + [9, 8, 7, 6, 5, 4, 3, 2, 1, 11, 12, 13] + head + [20, 21] + head
+    ref.start(seq, None)
+    prop = ref.propose(seq, None, None)
+    assert prop.tokens == [9, 8, 7, 6, 5, 4, 3, 2, 1, 11]  # the first occurrence, a fixed 10
+    own.start(seq, None)
+    assert own.propose(seq, None, None).tokens[:2] == [20, 21]  # labkit's: the most recent of the longest
+    short = [1, 2, 3, 4, 6, 1, 2, 3, 4]  # the last 5 tokens never occurred before: no copy (the reference's gamma)
+    ref.start(short, None)
+    assert ref.propose(short, None, None).tokens == []

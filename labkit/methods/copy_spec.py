@@ -5,8 +5,17 @@ Dumitru et al., "CopySpec: Accelerating LLMs with Speculative Copy-and-Paste Wit
 Generation with Aggressive Decoding", 2022, arXiv:2205.10350). Lossless: the copied chain is verified by
 the target; it has no draft distribution (point masses), so the default rule keeps sampling exact.
 
-How it differs from `prompt_lookup` (kept as the simple baseline): prompt lookup takes the most recent
-occurrence of a suffix n-gram of at most `max_ngram` tokens and copies a fixed number of tokens. Here:
+Two modes.
+
+`mode=reference` follows the paper's code (`speculative_copying.py`, RazvanDu/SpeculativeCopying): every
+gamma-gram of the context (prompt and generated text; gamma = 5) is hashed into a table of its start
+positions; when the last gamma tokens are in the table, the FIRST occurrence is taken (if it has a token after
+it) and a fixed `copy_len` = 10 tokens after it are copied. Otherwise the round is plain decoding (the
+reference then runs its optional draft model, which labkit's copy mode does not have).
+
+`mode=labkit` (the default) is labkit's own design, measured faster on this project's CPU (docs/zoo_sources.md),
+and differs from prompt lookup (which takes one occurrence of a suffix n-gram of at most `max_ngram` tokens and
+copies a fixed number of tokens):
 
 - every `min_match`-gram of the context (prompt and generated text) is hashed into an index as it appears
   (CopySpec's rolling hash table), so a lookup costs one dictionary probe per round;
@@ -29,13 +38,19 @@ from .prompt_lookup import COPY_EXAMPLE
 
 @dataclass
 class CopySpecParams:
-    min_match: int = param(1, "shortest suffix match that is copied (CopySpec's gamma; 3-5 copies less often but "
+    mode: str = param("labkit", "labkit: longest match, most recent on ties, adaptive copy length; reference: the "
+                                "paper's code (first occurrence of the last `gamma` tokens, a fixed `copy_len`)",
+                      choices=("labkit", "reference"))
+    gamma: int = param(5, "reference mode: the suffix length hashed and matched", lo=1, hi=16)
+    copy_len: int = param(10, "reference mode: tokens copied after the match", lo=1, hi=128)
+    min_match: int = param(1, "labkit mode: shortest suffix match that is copied (3-5 copies less often but "
                               "more surely)", lo=1, hi=16)
-    init_len: int = param(6, "tokens copied in the first round of a generation", lo=1, hi=64)
-    max_len: int = param(16, "longest copy (a GPU verifies 32-64 tokens at the cost of one; raise it there)",
-                         lo=1, hi=128)
-    max_candidates: int = param(32, "most recent occurrences examined per lookup", lo=1, hi=1024)
-    max_extend: int = param(256, "how far back a match is extended when ranking occurrences", lo=1, hi=4096)
+    init_len: int = param(6, "labkit mode: tokens copied in the first round of a generation", lo=1, hi=64)
+    max_len: int = param(16, "labkit mode: longest copy (a GPU verifies 32-64 tokens at the cost of one; raise it "
+                             "there)", lo=1, hi=128)
+    max_candidates: int = param(32, "labkit mode: most recent occurrences examined per lookup", lo=1, hi=1024)
+    max_extend: int = param(256, "labkit mode: how far back a match is extended when ranking occurrences",
+                            lo=1, hi=4096)
 
 
 class SpanIndex:
@@ -74,6 +89,15 @@ class SpanIndex:
                 best_end, best_len = e, length
         return best_end, best_len
 
+    def first_match(self) -> int:
+        """The end of the FIRST occurrence of the last k tokens, if a token follows it; -1 otherwise (the
+        reference looks at the first occurrence only)."""
+        n = len(self.tokens)
+        if n < self.k:
+            return -1
+        ends = self.ends.get(tuple(self.tokens[n - self.k:]), ())
+        return ends[0] if ends and ends[0] < n - 1 else -1
+
 
 class CopySpec(Method):
     name = "copy_spec"
@@ -83,14 +107,19 @@ class CopySpec(Method):
     lossless = True
     Params = CopySpecParams
     example = COPY_EXAMPLE
+    variants = ({"mode": "reference"},)
 
     def __init__(self, lm, params=None):
         super().__init__(lm, params)
         self.reset()
 
+    @property
+    def reference(self) -> bool:
+        return self.params.mode == "reference"
+
     def reset(self) -> None:
-        self.index = SpanIndex(self.params.min_match)
-        self.length = self.params.init_len
+        self.index = SpanIndex(self.params.gamma if self.reference else self.params.min_match)
+        self.length = self.params.copy_len if self.reference else self.params.init_len
 
     def start(self, prompt, sampling) -> None:
         self.reset()
@@ -98,7 +127,10 @@ class CopySpec(Method):
     def propose(self, seq, sampling, generator) -> Proposal:
         p = self.params
         self.index.sync(seq)
-        end, match = self.index.longest_match(p.max_candidates, p.max_extend)
+        if self.reference:
+            end, match = self.index.first_match(), p.gamma
+        else:
+            end, match = self.index.longest_match(p.max_candidates, p.max_extend)
         if end < 0:
             return Proposal(state={"match_len": 0, "copy_len": self.length})
         cont = self.index.tokens[end + 1:end + 1 + self.length]
@@ -107,7 +139,7 @@ class CopySpec(Method):
 
     def observe(self, v: Verified) -> dict:
         n = len(v.proposal.tokens)
-        if n == 0:
+        if n == 0 or self.reference:  # the reference copies a fixed length
             return {}
         p = self.params
         before = self.length
@@ -119,4 +151,7 @@ class CopySpec(Method):
 
     def describe(self) -> str:
         p = self.params
-        return f"Copy drafts: longest earlier match (>= {p.min_match} tokens), adaptive copy of up to {p.max_len}"
+        if self.reference:
+            return f"CopySpec (the paper's code): first occurrence of the last {p.gamma} tokens, copy {p.copy_len}"
+        return (f"Copy drafts (labkit's variant): longest earlier match (>= {p.min_match} tokens), adaptive copy of "
+                f"up to {p.max_len}")
