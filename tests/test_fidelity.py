@@ -54,3 +54,24 @@ def test_copy_spec_reference_copies_ten_after_the_first_occurrence_of_the_last_f
     short = [1, 2, 3, 4, 6, 1, 2, 3, 4]  # the last 5 tokens never occurred before: no copy (the reference's gamma)
     ref.start(short, None)
     assert ref.propose(short, None, None).tokens == []
+
+
+def test_aded_reference_counts_committed_trigrams_and_drafts_the_most_visited_paths(tiny):
+    from labkit import tree
+
+    m = methods.create("aded:mode=reference", tiny("llama"))
+    prompt = [1, 2, 3, 1, 2, 4, 1, 2, 3]
+    m.start(prompt, None)
+    assert m.counts[(1, 2)] == pytest.approx({3: 0.08, 4: 0.04}) and m.counts[(2, 3)] == pytest.approx({1: 0.04})
+    prop = m.propose(prompt, None, None)
+    paths = {tuple(prop.tokens[i] for i in tree.path_to(prop.parents, leaf)) for leaf in tree.leaves(prop.parents)}
+    assert paths == {(1, 2, 3, 1, 2), (1, 2, 4, 1, 2)}  # both continuations the table knows, greedily extended
+    assert prop.state["simulations"] == 150 and max(tree.depths(prop.parents)) <= m.params.depth
+    first = [b for t, b in zip(prop.tokens, prop.state["branches"]) if t == 1][0]
+    assert first["u"] > 0  # visits, most on the likely path
+
+
+def test_aded_reference_starts_empty_without_a_prompt_to_learn_from(tiny):
+    m = methods.create("aded:mode=reference", tiny("llama"))
+    m.start([5, 6], None)
+    assert m.counts == {} and m.propose([5, 6], None, None).tokens == []
