@@ -138,7 +138,8 @@ class TreeDrafter:
 
     def __init__(self, lm: LM):
         self.lm = lm
-        tree.require_tree_masks(lm.model, lm.name)  # every expand passes a 4D mask
+        if getattr(lm, "model", None) is not None:  # every expand passes a 4D mask (toy drafters have no model)
+            tree.require_tree_masks(lm.model, lm.name)
         self.window = tree.sliding_window(lm.config)
         self.reset()
 

@@ -431,9 +431,9 @@ def _decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int, s
         t0 = time.perf_counter()
         root = seq[-1]
         prop = method.propose(seq, sampling, gen)
-        budget_nodes = max_new_tokens - n_new - 1  # never draft past the token budget
-        if len(prop.tokens) > budget_nodes:
-            prop = _truncate(prop, max(budget_nodes, 0))
+        budget_depth = max_new_tokens - n_new - 1  # never draft deeper than the token budget can commit
+        if prop.tokens and max(tree.depths(prop.parents)) > budget_depth:
+            prop = _truncate(prop, max(budget_depth, 0))
         sync()
         # 2. verify: one target forward over the root and every drafted node (4D tree mask, position ids)
         t1 = time.perf_counter()
@@ -474,10 +474,14 @@ def _logits_device(lm: LM) -> torch.device:
     return weight.device if isinstance(weight, torch.Tensor) and weight.device.type != "meta" else lm.device
 
 
-def _truncate(prop: Proposal, n: int) -> Proposal:
-    """Keep the first n nodes (parents precede children, so the result is still a tree)."""
-    q = prop.q[:n] if prop.q is not None else None
-    return dataclasses.replace(prop, tokens=prop.tokens[:n], parents=prop.parents[:n], q=q)
+def _truncate(prop: Proposal, max_depth: int) -> Proposal:
+    """Keep the nodes at depth <= max_depth (a node's ancestors are shallower, so the result is still a tree;
+    parents precede children, so the kept nodes keep their order)."""
+    keep = [i for i, d in enumerate(tree.depths(prop.parents)) if d <= max_depth]
+    new = {old: j for j, old in enumerate(keep)}
+    q = prop.q[keep] if prop.q is not None else None
+    return dataclasses.replace(prop, tokens=[prop.tokens[i] for i in keep],
+                               parents=[new[prop.parents[i]] if prop.parents[i] >= 0 else -1 for i in keep], q=q)
 
 
 def _nodes(lm: LM, prop: Proposal, out: Outcome, logits: torch.Tensor, sampling: SamplingConfig,

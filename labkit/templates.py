@@ -56,7 +56,8 @@ PAPER_TREE: dict[tuple[int, ...], int] = {
 }
 
 # Prior probability that the rank-r successor in M is the target's next token (used only to order the
-# template when it is cut to fewer nodes: a path's score is the product over its ranks).
+# template when it is cut to fewer nodes: a path's score is the product over its ranks). labkit's numbers, not
+# the paper's: the paper always drafts its whole fixed template and needs no order.
 RANK_PRIOR = (0.45, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
 
 

@@ -206,7 +206,7 @@ def test_token_recycling_prompt_rows_drafts_from_the_first_round(tiny):
             steps += list(gen)
             assert len(calls) == len(steps)  # one target forward per round: the prompt is read by the prefill
             assert [t for s in steps for t in s.tokens] == greedy_reference(lm, prompt, 16)
-            drafted[name] = sum(len(s.nodes) for s in steps)
+            drafted[name] = [len(s.nodes) for s in steps[1:]]
             first[name] = steps[1].state
     finally:
         hook.remove()
@@ -221,4 +221,5 @@ def test_token_recycling_prompt_rows_drafts_from_the_first_round(tiny):
     assert "prompt_rows" not in first["cold"]
     assert first["warm"]["prompt_rows"] == {"read": len(prompt), "new_rows": len(set(prompt))}
     assert first["warm"]["matrix_rows_known"] >= len(set(prompt)) > first["cold"]["matrix_rows_known"]
-    assert drafted["warm"] > drafted["cold"], drafted
+    # a round where the prompt's rows let the warm matrix draft and the cold one has nothing to draft from
+    assert any(w and not c for w, c in zip(drafted["warm"], drafted["cold"])), drafted

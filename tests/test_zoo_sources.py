@@ -289,7 +289,7 @@ def test_lookahead_sjd_trunk_through_the_engine_preserves_the_distribution(tiny)
     lm = tiny("llama")
     cfg = SamplingConfig(temperature=1.0)
     prompt = make_prompt(lm)
-    exact2, exact3 = exact_marginals(lm, cfg, prompt)
+    exact2, exact3, _ = exact_marginals(lm, cfg, prompt)
     m = Lookahead(lm, LookaheadParams(window=3, ngram=2, guesses=1))
     t2, t3, trunk_wins = [], [], 0
     for seed in range(400):

@@ -117,7 +117,7 @@ def run_method(lm, method, spec: Spec, q: dict, ids: list[int], *, max_new_token
              "ideal_decode_seconds": latency.ideal_seconds(nodes, curve) if curve is not None else None,
              "nodes_per_round": float(np.mean(nodes)) if nodes else 0.0,
              "sizing_nodes": _histogram(chosen), "finished": steps[-1].finished if steps else "",
-             "prompt_tokens": len(ids), "traced": spec.traced}
+             "prompt_tokens": len(ids), "traced": spec.traced, "description": method.describe()}
     text = "".join(s.text for s in steps)
     return _record(q, spec.label, spec.name, dict(spec.params), model_id, text, [t for s in steps for t in s.tokens],
                    wall, [len(s.tokens) for s in decode], extra)

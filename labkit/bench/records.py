@@ -116,6 +116,7 @@ def summarize(records: Sequence[dict], t_plain: float | None = None) -> dict:
         "sizing_nodes": sizes,
         "sizing_mode": int(max(sizes, key=lambda k: sizes[k])) if sizes else None,
         "load": float(np.mean(loads)) if loads else None,
+        "description": next((r["labkit"]["description"] for r in records if r["labkit"].get("description")), ""),
     }
     if records and all(r["method"] == GENERATE_PLD for r in records):
         # transformers' prompt lookup runs inside generate: its acceptance is not observable from outside

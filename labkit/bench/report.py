@@ -75,6 +75,10 @@ def markdown(rows: list[dict], meta: Sequence[dict] = ()) -> str:
                  "measured latency curve; efficiency = decode speedup / ideal; sizing picked = the tree size / "
                  "draft length the hardware-aware sizing chose most often; tracing overhead = 1 - tokens/s with "
                  "full tracing (per-node detail + trace file) / tokens/s without, same method, same questions.")
+    described = [(r["method"], r["description"]) for r in rows if r["category"] == "overall" and r.get("description")]
+    if described:  # what each row ran (e.g. which sizing Token Recycling used)
+        lines.append("")
+        lines += [f"- `{label}`: {text}" for label, text in described]
     curves = latency_curves(meta)
     if curves:
         first = next(iter(curves.values()))

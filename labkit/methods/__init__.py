@@ -30,6 +30,8 @@ from .copy_spec import CopySpec
 from .early_exit import EarlyExit
 from .lookahead import Lookahead
 from .swift import Swift
+from .suffix import SuffixDecoding
+from .sparse_self_spec import SparseSelfSpec
 
 _METHODS: list[type[Method]] = [Autoregressive, PromptLookup, TokenRecycling, DraftModel]
 _METHODS += [StaticTree, DySpec, RSDConstant, RSDBeam, SpecTr, AdaptiveLength,  # lossless draft trees
@@ -37,6 +39,7 @@ _METHODS += [StaticTree, DySpec, RSDConstant, RSDBeam, SpecTr, AdaptiveLength,  
              Greedy, TemperatureSampling, TopKSampling, TopPSampling, MinPSampling, TypicalSampling,  # strategies
              ContrastiveSearch, DiverseBeamSearch, EntropyAdaptive]
 _METHODS += [Aded, Lookahead, CopySpec, Swift, EarlyExit]  # training-free draft sources
+_METHODS += [SuffixDecoding, SparseSelfSpec]  # the two that join the lab's halves (issue 14)
 
 REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}
 

@@ -2,14 +2,15 @@
 
 SpecDec++ (Huang et al., "SpecDec++: Boosting Speculative Decoding via Adaptive Candidate Lengths",
 arXiv:2405.19715, 2024) stops drafting once the predicted probability that at least one drafted token will be
-rejected exceeds a threshold h; it predicts each token's acceptance with a trained head. PEARL (Liu et al.,
-"PEARL: Parallel Speculative Decoding with Adaptive Draft Length", arXiv:2408.11850, ICLR 2025) adapts the
-draft length to the observed acceptance at run time.
+rejected exceeds a threshold h; it predicts each token's acceptance with a trained head. This is SpecDec++'s
+stopping rule with a training-free acceptance estimate in place of the trained head. It is NOT PEARL (Liu et al.,
+arXiv:2408.11850), whose mechanism is running drafting and verification in parallel (pre-verify / post-verify);
+that is not implemented in labkit.
 
-Training-free version (ours): token j's predicted acceptance is a_j = min(1, c * q(x_j)), the draft's own
+Training-free estimate (labkit's): token j's predicted acceptance is a_j = min(1, c * q(x_j)), the draft's own
 confidence in the token it drafted, times a calibration factor c. Drafting continues while the product
 a_1 * ... * a_j (the chance that every token so far is accepted) stays >= `stop_below` (= 1 - h), up to
-`max_len`. With `calibrate`, c is learned across rounds (PEARL-style adaptivity): c = (decayed count of
+`max_len`. With `calibrate`, c is learned across rounds at run time: c = (decayed count of
 accepted tokens) / (decayed sum of their raw confidences q(x)) over the positions the target tested. The stop
 decision, the predictions and c (before -> after) go into Step.state.
 
@@ -33,16 +34,15 @@ class AdaptiveLengthParams:
     stop_below: float = param(0.4, "stop when the predicted chance that all drafted tokens survive falls below "
                                    "this (SpecDec++'s 1 - h)", lo=0.0, hi=1.0)
     max_len: int = param(10, "longest draft", lo=1, hi=32)
-    calibrate: bool = param(True, "learn the calibration factor c from verified rounds (PEARL-style adaptivity)")
+    calibrate: bool = param(True, "learn the calibration factor c from verified rounds (at run time)")
     decay: float = param(0.9, "per-round decay of the calibration statistics", lo=0.0, hi=1.0)
 
 
 class AdaptiveLength(DrafterMethod):
     name = "adaptive_length"
-    title = "Adaptive draft length (SpecDec++ / PEARL style, training-free)"
+    title = "Adaptive draft length (SpecDec++'s stopping rule, training-free estimate)"
     paper = ("Huang et al. 2024, SpecDec++: Boosting Speculative Decoding via Adaptive Candidate Lengths "
-             "(arXiv:2405.19715); Liu et al. 2025, PEARL: Parallel Speculative Decoding with Adaptive Draft Length "
-             "(ICLR, arXiv:2408.11850)")
+             "(arXiv:2405.19715)")
     lossless = True
     Params = AdaptiveLengthParams
 

@@ -278,7 +278,8 @@ class Aded(Method):
                      "q": round(value[q] / visits[q], 3) if visits.get(q) else 0.0,
                      "u": visits.get(q, 0)} for q in order]
         return Proposal(tokens=tokens, parents=parents,
-                        state={"rows": rows_read, "branches": branches, "simulations": p.iterations})
+                        state={"rows": rows_read, "branches": branches, "simulations": p.iterations,
+                               "mode": "reference"})
 
     @torch.inference_mode()
     def observe(self, v: Verified) -> dict:

@@ -5,7 +5,9 @@ Jang et al., "LANTERN: Accelerating Visual Autoregressive Models with Relaxed Sp
 (arXiv:2410.03355). Tokens whose latent vectors are near each other are treated as interchangeable: a drafted
 x is accepted with probability min(1, (p(x) + p(A(x))) / q(x)), where the latent proximity set A(x) is the
 longest prefix of x's k nearest neighbours whose total target mass stays <= delta (`accept.lantern_chain`).
-Rejections resample from norm(max(0, p - q)). LANTERN targets image-token models (neighbours in the VQ
+Rejections resample from norm(max(0, p - q)): the standard speculative-sampling residual. Departure: the
+reference LANTERN code forms its residual differently (an audit of it found so), so the tokens resampled after a
+rejection are not distributed as the reference's; acceptance follows the paper's rule. LANTERN targets image-token models (neighbours in the VQ
 codebook); here the latent space is the target's input embedding matrix (cosine similarity), which for text
 mostly pairs spelling/casing variants (' the' ~ ' The').
 

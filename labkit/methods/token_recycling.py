@@ -4,7 +4,9 @@ Luo et al., "Turning Trash into Treasure: Accelerating Inference of Large Langua
 Recycling", ACL 2025, arXiv:2408.08696. Lossless (training-free tree drafts, verified by the target).
 
 - An adjacency matrix M[V, k] stores, for every token, the top-k tokens the target predicted after it
-  the last time that token was verified. Unknown rows are -1 (those branches are not drafted).
+  the last time that token was verified. Unknown rows are -1 (those branches are not drafted). Departure:
+  the reference initialises M with zeros, so an unknown row drafts token 0 (nodes that are verified and
+  rejected); labkit prunes them, so its early trees are smaller than the template.
 - Each round, a draft tree is read off M breadth-first along a static template: a node at template path
   (r1, ..., rd) gets token M[parent_token, rd]. The paper's default template has 80 nodes in 6 levels with
   k = 8.
@@ -13,7 +15,8 @@ Recycling", ACL 2025, arXiv:2408.08696. Lossless (training-free tree drafts, ver
   tokens per second on this device's measured latency curve, down to no draft at all (plain decoding) when
   drafts do not pay. The acceptance estimate is free: after every verify pass, for EVERY verified position
   (root and nodes), the rank in M's row whose token equals the target's next token is recorded (per depth).
-  With `sizing=off`, the best `nodes` template paths by a fixed rank prior are drafted every round.
+  With `sizing=off`, the best `nodes` template paths by a fixed rank prior (labkit's; `nodes=80`, the default,
+  is the paper's whole template, where the order does not matter) are drafted every round.
 - After verification, every verified position (the root and all nodes) refreshes its row with the top-k
   of its target logits. The matrix persists across prompts of a session until `reset()`.
 - `prompt_rows=True` (off by default; a labkit extension) fills the rows of the prompt's tokens from the
@@ -234,6 +237,8 @@ class TokenRecycling(Method):
 
     def describe(self) -> str:
         if self.sizer is not None:
-            return (f"Token Recycling (k={self.params.k}, hardware-aware tree of 0..{self.sizer.max_nodes} nodes "
-                    f"from the paper's 80-node template)")
-        return f"Token Recycling (k={self.params.k}, {len(self.t_parents)}-node tree from the paper's 80-node template)"
+            return (f"Token Recycling (k={self.params.k}, sizing=auto: labkit's hardware-aware tree of "
+                    f"0..{self.sizer.max_nodes} nodes from the paper's 80-node template)")
+        fixed = "the paper's fixed 80-node tree" if len(self.t_parents) == 80 else \
+            f"a fixed {len(self.t_parents)}-node tree from the paper's 80-node template"
+        return f"Token Recycling (k={self.params.k}, sizing=off: {fixed})"

@@ -6,7 +6,11 @@ p(x) > min(epsilon, alpha * exp(-H(p))); the longest accepted tree path wins and
 p after it (`accept.typical_tree`). Medusa's defaults: epsilon (posterior_threshold) = 0.09, alpha = 0.3.
 
 The tree is a static template filled with the draft LM's top candidates (deterministic, as Medusa's heads'
-top-k), so an accepted token is chosen, not sampled: the output is NOT the target distribution. Greedy runs
+top-k), so an accepted token is chosen, not sampled: the output is NOT the target distribution.
+
+Departure from Medusa: Medusa's first candidate token is the base model's own (from its LM head at the root) and
+is always accepted; only the heads' tokens after it face the typical test. Here the tree's depth-1 tokens come
+from the draft LM and face the test like every other depth (the round's own target token is the bonus). Greedy runs
 (temperature 0) use greedy longest-match verification, as Medusa does, and are token-identical to the baseline.
 
 What it costs, per round (Step.state): `tv_first` is the exact total-variation distance between the

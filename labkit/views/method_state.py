@@ -160,6 +160,8 @@ def aded_state(step: Step, token_text: Callable[[int], str] | None = None) -> go
         hover.append(hr)
     fig = make_subplots(rows=2, cols=1, vertical_spacing=0.12, row_heights=[0.6, 0.4],
                         subplot_titles=["matrix rows read: context → its most probable next tokens by rank, with P",
+                                        "why each node was drafted: its search statistics (MCTS, 150 iterations)"
+                                        if st.get("mode") == "reference" else
                                         "why each node was drafted: PUCT score = Q + U (before this round's visits)"])
     fig.add_trace(go.Heatmap(z=z, x=list(range(width)), y=ylab, text=text, texttemplate="%{text}",
                              textfont=dict(size=10), hovertext=hover, hoverinfo="text", zmin=-0.5,
@@ -167,9 +169,12 @@ def aded_state(step: Step, token_text: Callable[[int], str] | None = None) -> go
                              xgap=2, ygap=2, name="rows read"), row=1, col=1)
     mark = {ACCEPTED: "✓", REJECTED: "✗", NOT_REACHED: "·"}
     xs = [f"{i} {mark.get(nd.status, '')} {_esc(show_token(label(nd.token)))}" for i, nd in enumerate(step.nodes)]
-    for term, color, what in (("p", "#9ecae1", "P: matrix probability"),
-                              ("q", "#2ca02c", "Q: observed acceptance"),
-                              ("u", "#ff7f0e", "U: exploration bonus")):
+    reference = st.get("mode") == "reference"  # the reference's MCTS: Q = mean rollout value, N = visits
+    terms = ((("p", "#9ecae1", "P: table probability"), ("q", "#2ca02c", "Q: mean rollout value"),
+              ("u", "#ff7f0e", "N: visits")) if reference else
+             (("p", "#9ecae1", "P: matrix probability"), ("q", "#2ca02c", "Q: observed acceptance"),
+              ("u", "#ff7f0e", "U: exploration bonus")))
+    for term, color, what in terms:
         ys = [b.get(term) for b in branches[:len(xs)]]
         fig.add_trace(go.Bar(x=xs[:len(ys)], y=ys, name=what, marker_color=color,
                              hovertemplate=f"node %{{x}}<br>{what} = %{{y:.3f}}<extra></extra>"), row=2, col=1)
@@ -270,6 +275,60 @@ def swift_state(step: Step, token_text: Callable[[int], str] | None = None) -> g
 
 
 register_state_view("swift", swift_state)
+
+
+def suffix_state(step: Step, token_text: Callable[[int], str] | None = None) -> go.Figure:
+    """SuffixDecoding: where the draft came from (this request's text or earlier outputs), how long the matched
+    suffix was, and each drafted node's path probability in the suffix trie, coloured by what the target did."""
+    st = step.state or {}
+    label = _token_labeler(step, token_text)
+    mark = {ACCEPTED: "✓", REJECTED: "✗", NOT_REACHED: "·"}
+    xs = [f"{i} {mark.get(nd.status, '')} {_esc(show_token(label(nd.token)))}" for i, nd in enumerate(step.nodes)]
+    probs = list(st.get("probs", []) or [])[:len(xs)]
+    colors = [STATUS_COLORS.get(nd.status, "#cccccc") for nd in step.nodes[:len(probs)]]
+    fig = go.Figure(go.Bar(x=xs[:len(probs)], y=probs, marker_color=colors, name="path probability",
+                           hovertemplate="node %{x}<br>path probability %{y:.3f}<extra></extra>"))
+    scores = st.get("scores", {}) or {}
+    other = ", ".join(f"{k} {v}" for k, v in scores.items())
+    fig.update_layout(
+        title=dict(text=(f"SuffixDecoding, step {step.index}: drafted from {st.get('source') or 'nothing'} "
+                         f"(matched suffix {st.get('match_len', 0)} tokens), expected accepted tokens "
+                         f"{st.get('score', 0)}{' (scores: ' + other + ')' if other else ''}"), font=dict(size=12)),
+        template="plotly_white", height=360, yaxis=dict(title="path probability in the trie", range=[0, 1]),
+        xaxis=dict(title="drafted node (✓ accepted, ✗ rejected, · not reached)"),
+        margin=dict(l=60, r=20, t=70, b=80), meta={"view": "method_state", "method": "suffix", "probs": probs})
+    return fig
+
+
+register_state_view("suffix", suffix_state)
+
+
+def sparse_self_spec_state(step: Step, token_text: Callable[[int], str] | None = None) -> go.Figure:
+    """Sparse self-speculation: what the draft attended to, per layer (the share of committed KV entries its heads
+    read, and the share of dense attention mass those held), beside what the target accepted of its draft."""
+    st = step.state or {}
+    view = st.get("draft_view", {}) or {}
+    kept, recall = view.get("kept", []) or [], view.get("recall", []) or []
+    layers = list(range(max(len(kept), len(recall))))
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=layers[:len(kept)], y=kept, name="KV entries read (share)", marker_color="#9ecae1",
+                         hovertemplate="layer %{x}: read %{y:.0%} of the committed KV entries<extra></extra>"))
+    fig.add_trace(go.Scatter(x=layers[:len(recall)], y=recall, name="dense attention mass kept (recall)",
+                             mode="lines+markers", marker_color="#d62728",
+                             hovertemplate="layer %{x}: recall %{y:.2f}<extra></extra>"))
+    n = len(step.nodes)
+    fig.update_layout(
+        title=dict(text=(f"Sparse self-speculation, step {step.index}: the draft read {view.get('policy', '?')} of "
+                         f"{view.get('kv_len', 0)} committed entries (mean recall {view.get('mean_recall')}); the "
+                         f"target accepted {len(step.accepted)} of its {n} draft tokens"), font=dict(size=12)),
+        template="plotly_white", height=360, yaxis=dict(range=[0, 1.05], tickformat=".0%"),
+        xaxis=dict(title="layer", dtick=max(1, len(layers) // 15)), legend=dict(orientation="h", y=-0.25),
+        margin=dict(l=60, r=20, t=70, b=80),
+        meta={"view": "method_state", "method": "sparse_self_spec", "kept": kept, "recall": recall})
+    return fig
+
+
+register_state_view("sparse_self_spec", sparse_self_spec_state)
 
 
 def _is_matrix(v: Any) -> bool:

@@ -4,8 +4,10 @@ Yang et al. 2024, "TidalDecode: Fast and Accurate LLM Decoding with Position Per
 (arXiv:2410.05076). The first layers run full attention; a token-selection layer (layer 2 in the paper)
 runs full attention and picks the `budget` positions with the highest attention; every following layer
 attends only to those positions, until a re-selection layer (a middle layer: 13 of Llama-3-8B's 32) picks
-a fresh set for the rest of the stack. Selection is shared by all heads of a layer (attention summed over
-heads) and made per query row (each row of a speculative verify pass selects for itself).
+a fresh set for the rest of the stack. Selection is made per query row (each row of a speculative verify pass
+selects for itself) and, with `per_head=True` (the default, the reference's), per head: each head keeps the
+positions IT attended to most in the selection layer. `per_head=False` (labkit's earlier variant) shares one
+selection across a layer's heads (attention summed over heads).
 
 Not modelled: the paper's periodic KV-cache correction (re-filling sparsely decoded tokens' KV with full
 attention) and its kernels. Nothing is evicted: "KV kept" counts the entries a layer reads.
@@ -20,14 +22,14 @@ from ...params import ParamError, param
 from .base import Policy
 
 
-def top_positions(probs_past: torch.Tensor, k: int) -> torch.Tensor:
-    """probs_past [H, q, past] -> bool [1, q, past]: per query row, the k positions with the largest attention
-    summed over heads."""
-    score = probs_past.sum(0)
+def top_positions(probs_past: torch.Tensor, k: int, per_head: bool = False) -> torch.Tensor:
+    """probs_past [H, q, past] -> bool [H, q, past] (per head) or [1, q, past] (attention summed over heads): per
+    query row, the k positions with the largest attention."""
+    score = probs_past if per_head else probs_past.sum(0, keepdim=True)
     k = min(k, score.shape[-1])
     keep = torch.zeros_like(score, dtype=torch.bool)
     keep.scatter_(-1, torch.topk(score, k, dim=-1).indices, True)
-    return keep[None]
+    return keep
 
 
 def selection_layers(spec: str, n_layers: int) -> list[int]:
@@ -52,6 +54,8 @@ class TidalParams:
                         lo=1, hi=1 << 20)
     select_layers: str = param("auto", "token-selection layers (full attention + top-k): 'auto' = 2 and ~13/32 of "
                                        "the depth, or comma-separated indices; layers before the first are dense")
+    per_head: bool = param(True, "each head keeps its own top positions (the reference's); off: one selection "
+                                 "shared by the layer's heads (attention summed over heads)")
 
 
 class TidalDecode(Policy):
@@ -59,7 +63,7 @@ class TidalDecode(Policy):
     title = "TidalDecode (position-persistent sparse attention)"
     paper = ("Yang et al. 2024, TidalDecode: Fast and Accurate LLM Decoding with Position Persistent Sparse "
              "Attention (arXiv:2410.05076)")
-    granularity = "layer"
+    granularity = "head"  # per_head=True (default); "layer" with per_head=False
     Params = TidalParams
 
     def __init__(self, params=None):
@@ -78,7 +82,7 @@ class TidalDecode(Policy):
             return None
         if call.layer in self.layers:
             p = call.probs(None)[:, :, :call.past]
-            self._current = top_positions(p, self.params.budget)
+            self._current = top_positions(p, self.params.budget, self.params.per_head)
             return None  # a selection layer attends fully
         return self._current
 
