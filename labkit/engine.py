@@ -75,6 +75,9 @@ class Method:
     # labkit's variant, ...): parameter overrides. `methods.variants()` lists them as specs
     # ("aded:mode=reference"); the registry-parametrized tests, `labkit methods` and the docs cover each one.
     variants: ClassVar[tuple[dict[str, Any], ...]] = ()
+    # True for a method that changes how the shared model computes while it drafts (a sparsity capture): its
+    # runs hold the model's gate exclusively (labkit.gate), so no other run computes through the change
+    exclusive_model: ClassVar[bool] = False
 
     def __init__(self, lm: LM, params: Any = None):
         self.lm = lm
@@ -366,11 +369,15 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     Step's `timing.start` is when its round began, in seconds since the run began.
     """
     t_run = time.perf_counter()
-    for step in _decode(lm, method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, detail=detail,
-                        should_stop=should_stop):
-        # a round ends just before it is yielded: it began `total` seconds earlier
-        start = max(0.0, time.perf_counter() - t_run - step.timing.total)
-        yield dataclasses.replace(step, timing=dataclasses.replace(step.timing, start=start))
+    gate = getattr(lm, "gate", None)
+    hold = (gate.exclusive() if method.exclusive_model else gate.shared()) if gate is not None \
+        else contextlib.nullcontext()
+    with hold:  # other runs on this model (labkit.gate)
+        for step in _decode(lm, method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, detail=detail,
+                            should_stop=should_stop):
+            # a round ends just before it is yielded: it began `total` seconds earlier
+            start = max(0.0, time.perf_counter() - t_run - step.timing.total)
+            yield dataclasses.replace(step, timing=dataclasses.replace(step.timing, start=start))
 
 
 def _decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int, sampling: SamplingConfig,

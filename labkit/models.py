@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from .devices import default_device, default_dtype
+from .gate import ModelGate
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -96,6 +97,8 @@ class LM:
     name: str
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    # runs on this model: many readers at once, or one run that changes how it computes (labkit.gate)
+    gate: ModelGate = field(default_factory=ModelGate, repr=False, compare=False)
 
     @property
     def backend(self) -> str:

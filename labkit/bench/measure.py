@@ -136,7 +136,8 @@ def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, 
         kwargs["prompt_lookup_num_tokens"] = PLD_TOKENS
     if not sampling.greedy:
         torch.manual_seed(sampling.seed)
-    with backends.use(lm.model, "stock"):
+    # switching the shared model's execution path is a change other runs must not compute through (labkit.gate)
+    with lm.gate.exclusive(), backends.use(lm.model, "stock"):
         latency.synchronize(lm.device)
         c0 = time.process_time()
         t0 = time.perf_counter()

@@ -78,6 +78,7 @@ class SparseSelfSpec(Method):
     example = LONG_EXAMPLE
     state_keys = ("draft_view",)
     variants = ({"policy": "token_select"},)
+    exclusive_model = True  # its drafts switch the model's attention function (the sparsity capture)
 
     def __init__(self, lm, params=None):
         super().__init__(lm, params)

@@ -10,6 +10,7 @@ fidelity is measured (default: every policy but dense, whose logits are the dens
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -98,7 +99,9 @@ def decode(lm, method: engine.Method, prompt: list[int], sparsity: Any = "dense"
 
 def _events(lm, method, prompt, policy, record, measure, **kw) -> Iterator:
     shadow = DenseShadow(lm) if measure else None
-    with capture(lm, policy, record=record, method=method) as cap:
+    gate = getattr(lm, "gate", None)  # the capture changes how the shared model computes: run alone
+    with gate.exclusive() if gate is not None else contextlib.nullcontext(), \
+            capture(lm, policy, record=record, method=method) as cap:
         for step in engine.decode(lm, method, prompt, **kw):
             yield step
             yield cap.frame(step, _dense_logits(shadow, cap, method, step))

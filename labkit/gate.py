@@ -1,0 +1,60 @@
+"""One model shared by many runs (the app's visitors, a Compare's lanes): most runs only read it and may run
+at once; a run that changes how the model computes while it runs (a sparsity capture switches its attention
+function and hooks every layer; the benchmark switches its execution path for the `generate` rows) must run
+alone, or another run would compute through the change.
+
+    with lm.gate.shared(): ...        # engine.decode takes this for every run
+    with lm.gate.exclusive(): ...     # sparsity.decode, sparse self-speculation, the bench's stock rows
+
+A thread's own runs never wait for each other (a Compare interleaves its lanes in one thread, one round of each
+in turn): exclusive waits only for other threads' runs, and a thread holding it may also read.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+
+class ModelGate:
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers: dict[int, int] = {}  # thread id -> shared holds
+        self._writer: int | None = None  # the thread holding exclusive
+        self._depth = 0  # its nested exclusive holds
+
+    def _others_reading(self, me: int) -> bool:
+        return any(n for t, n in self._readers.items() if t != me)
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            while self._writer is not None and self._writer != me:
+                self._cond.wait()
+            self._readers[me] = self._readers.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers[me] -= 1
+                if not self._readers[me]:
+                    del self._readers[me]
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            while (self._writer is not None and self._writer != me) or self._others_reading(me):
+                self._cond.wait()
+            self._writer = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                self._cond.notify_all()

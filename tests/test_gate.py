@@ -1,0 +1,56 @@
+"""labkit.gate: runs on a shared model read it together; a run that changes how it computes runs alone."""
+import threading
+import time
+
+from labkit import engine, methods
+from labkit.check import greedy_reference
+from labkit.gate import ModelGate
+
+
+def test_exclusive_waits_for_other_threads_and_blocks_new_readers():
+    gate, log = ModelGate(), []
+    reading = threading.Event()
+
+    def reader():
+        with gate.shared():
+            reading.set()
+            time.sleep(0.2)
+            log.append("reader done")
+
+    t = threading.Thread(target=reader)
+    t.start()
+    reading.wait()
+    with gate.exclusive():
+        log.append("writer")
+        late = threading.Thread(target=lambda: (gate.shared().__enter__(), log.append("late reader")))
+        late.start()
+        time.sleep(0.1)
+        log.append("writer done")
+    t.join()
+    late.join()
+    assert log == ["reader done", "writer", "writer done", "late reader"]
+
+
+def test_a_thread_never_waits_for_itself():
+    gate = ModelGate()
+    with gate.shared(), gate.exclusive(), gate.shared(), gate.exclusive():
+        pass  # a Compare interleaves its lanes in one thread: no deadlock
+
+
+def test_a_sparse_draft_and_a_plain_run_share_a_model_across_threads(tiny):
+    lm = tiny("llama", backend="fast")
+    ids = [3, 8, 5, 1, 9, 4, 3, 8, 5, 1, 7, 2, 6, 3, 8, 5]
+    want = greedy_reference(lm, ids, 24)
+    out = {}
+
+    def run(spec):
+        steps = engine.decode(lm, methods.create(spec, lm), ids, max_new_tokens=24)
+        out[spec] = [t for s in steps for t in s.tokens]
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in ("sparse_self_spec:budget=4:sinks=1",
+                                                                 "autoregressive", "prompt_lookup")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(v == want for v in out.values()) and len(out) == 3
