@@ -32,6 +32,42 @@ FULL = "full_attention"
 SLIDING = "sliding_attention"
 
 
+class _NoAttention(torch.nn.Module):
+    """Stands in for a decoder layer's `self_attn` while a draft skips it: adds nothing to the residual stream,
+    reads and writes no KV cache."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class _NoMLP(torch.nn.Module):
+    """Stands in for a decoder layer's `mlp` while a draft skips it: adds nothing to the residual stream."""
+
+    def forward(self, hidden_states):
+        return torch.zeros_like(hidden_states)
+
+
+_NO_ATTENTION, _NO_MLP = _NoAttention(), _NoMLP()
+
+
+@contextmanager
+def _without(layer: torch.nn.Module, attention: bool, mlp: bool) -> Iterator[None]:
+    """The layer with its attention and / or MLP sub-layer swapped out for the call (the residual stream passes
+    them by: a skipped sub-layer's output is zero, and a norm of zero is zero), put back afterwards."""
+    saved = {}
+    if attention:
+        saved["self_attn"] = layer.self_attn
+        layer.self_attn = _NO_ATTENTION
+    if mlp:
+        saved["mlp"] = layer.mlp
+        layer.mlp = _NO_MLP
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            setattr(layer, name, module)
+
+
 def _layer_len(layer) -> int:
     keys = getattr(layer, "keys", None)
     return 0 if keys is None else int(keys.shape[-2])
@@ -109,12 +145,16 @@ class LayerStack:
 
     @torch.inference_mode()
     def run(self, cache, ids: Sequence[int], start: int, layers: Sequence[int],
-            hidden: torch.Tensor | None = None) -> torch.Tensor:
+            hidden: torch.Tensor | None = None, skip_attention: frozenset[int] = frozenset(),
+            skip_mlp: frozenset[int] = frozenset()) -> torch.Tensor:
         """Feed the chain `ids` (positions start .. start + len(ids) - 1) through `layers`, in order. Each of
         those cache layers grows by len(ids) (undo it with `scratch`). A layer normally holds exactly `start`
         entries; if it holds more, the tokens are being re-run over the committed context (teacher forcing for
         scoring a layer set): the cached entries from `start` on are masked out, the rest is read as is.
         With `hidden` ([1, q, d], an earlier call's output) the embedding is skipped and `hidden` is the input.
+        `skip_attention` / `skip_mlp`: layers whose attention / MLP sub-layer is passed by (SWIFT's sub-layer
+        skipping; a layer without attention neither reads nor grows its cache). The sub-layers are swapped out of
+        the shared model for the call: a method using them holds the model's gate alone (`exclusive_model`).
         Returns the hidden states after the last layer run ([1, q, d], before the final norm)."""
         dev = self.device
         q = len(ids)
@@ -123,16 +163,22 @@ class LayerStack:
         rope: dict[str, tuple] = {}
         masks: dict[tuple[str, int], torch.Tensor] = {}
         for i in layers:
+            if i in skip_attention and i in skip_mlp:
+                continue
             kind = self.types[i]
-            have = _layer_len(cache.layers[i]) if i < len(cache.layers) else 0
-            if have < start:
-                raise RuntimeError(f"layer {i} holds {have} cached positions, fewer than the start {start}")
             if kind not in rope:
                 rope[kind] = self.rotary(h, pos, kind) if self.rotary_per_type else self.rotary(h, pos)
-            if (kind, have) not in masks:
-                masks[(kind, have)] = self._mask(have, start, q, self.window if kind == SLIDING else None)
-            h = self.layers[i](h, attention_mask=masks[(kind, have)], position_embeddings=rope[kind],
-                               position_ids=pos, **cache_kwargs(self.layers[i], cache), use_cache=True)
+            mask = None
+            if i not in skip_attention:
+                have = _layer_len(cache.layers[i]) if i < len(cache.layers) else 0
+                if have < start:
+                    raise RuntimeError(f"layer {i} holds {have} cached positions, fewer than the start {start}")
+                if (kind, have) not in masks:
+                    masks[(kind, have)] = self._mask(have, start, q, self.window if kind == SLIDING else None)
+                mask = masks[(kind, have)]
+            with _without(self.layers[i], i in skip_attention, i in skip_mlp):
+                h = self.layers[i](h, attention_mask=mask, position_embeddings=rope[kind],
+                                   position_ids=pos, **cache_kwargs(self.layers[i], cache), use_cache=True)
         return h
 
     @torch.inference_mode()

@@ -75,3 +75,33 @@ def test_aded_reference_starts_empty_without_a_prompt_to_learn_from(tiny):
     m = methods.create("aded:mode=reference", tiny("llama"))
     m.start([5, 6], None)
     assert m.counts == {} and m.propose([5, 6], None, None).tokens == []
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_swift_sub_layers_skip_attention_and_mlp_separately(tiny, arch):
+    from labkit.engine import Target
+    from labkit.layers import LayerStack, scratch
+
+    lm = tiny(arch, layers=4)
+    stack = LayerStack(lm)
+    target = Target(lm)
+    ids = [3, 8, 5, 1, 9, 4, 3, 8]
+    target.prefill(ids)
+    attn_before = [layer.self_attn for layer in stack.layers]
+
+    def run(**plan):
+        with scratch(target.cache):
+            return stack.logits(stack.run(target.cache, [7, 2], len(ids), **plan)[0])
+
+    both = run(layers=[0, 1, 2, 3], skip_attention=frozenset({2}), skip_mlp=frozenset({2}))
+    assert torch.allclose(both, run(layers=[0, 1, 3]), atol=1e-5)  # both sub-layers off = the layer off
+    attn_only = run(layers=[0, 1, 2, 3], skip_attention=frozenset({2}))
+    assert not torch.allclose(attn_only, both, atol=1e-3)  # the MLP still runs
+    assert [layer.self_attn for layer in stack.layers] == attn_before  # the model is put back
+    assert all(len(layer.keys[0, 0]) == len(ids) for layer in target.cache.layers)  # the cache too
+
+
+def test_swift_counts_sub_layers_by_default(tiny):
+    m = methods.create("swift", tiny("llama", layers=4))
+    assert m.n_units == 8 and m.exclusive_model
+    assert methods.create("swift:granularity=layer", tiny("llama", layers=4)).n_units == 4

@@ -252,23 +252,27 @@ def swift_state(step: Step, token_text: Callable[[int], str] | None = None) -> g
     """SWIFT: which layers the draft skips (and, during the search, the candidate skip set it was scored
     against, by how well each predicts the tokens already committed)."""
     st = step.state or {}
-    n = int(st.get("layers") or (max(st.get("skip", []) or [-1]) + 1))
+    sub = st.get("granularity") == "sublayer"
+    n = int(st.get("units") or st.get("layers") or (max(st.get("skip", []) or [-1]) + 1))
     sets = [("draft uses", st.get("skip", []) or [])]
     search = st.get("search")
     if search:
         sets.append((f"candidate ({'adopted' if search.get('adopted') else 'rejected'})", search.get("candidate", [])))
     z = [[1 if i in set(skip) else 0 for i in range(n)] for _, skip in sets]
-    fig = go.Figure(go.Heatmap(z=z, x=list(range(n)), y=[name for name, _ in sets], zmin=0, zmax=1,
+    xs = [f"{u // 2} {'attn' if u % 2 == 0 else 'mlp'}" for u in range(n)] if sub else list(range(n))
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=[name for name, _ in sets], zmin=0, zmax=1,
                                colorscale=[[0, "#4c78a8"], [0.5, "#4c78a8"], [0.5, "#eeeeee"], [1, "#eeeeee"]],
                                showscale=False, xgap=2, ygap=4,
-                               hovertemplate="layer %{x}: %{z}<extra>1 = skipped</extra>"))
+                               hovertemplate=("%{x}" if sub else "layer %{x}") + ": %{z}<extra>1 = skipped</extra>"))
     match = (f"; candidate match {search.get('candidate_match')} vs current {search.get('current_match')}"
              if search else "")
     fig.update_layout(
         title=dict(text=(f"SWIFT, step {step.index} ({st.get('phase', '?')}): the draft skips "
-                         f"{len(sets[0][1])} of {n} layers (grey = skipped, blue = run){match}; acceptance so far "
+                         f"{len(sets[0][1])} of {n} {'sub-layers' if sub else 'layers'} (grey = skipped, blue = run)"
+                         f"{match}; acceptance so far "
                          f"{st.get('skip_acceptance')}"), font=dict(size=12)),
-        template="plotly_white", height=160 + 60 * len(sets), xaxis=dict(title="layer", dtick=1),
+        template="plotly_white", height=160 + 60 * len(sets),
+        xaxis=dict(title="sub-layer (layer, attention or MLP)" if sub else "layer", dtick=2 if sub else 1),
         yaxis=dict(autorange="reversed"),
         margin=dict(l=150, r=20, t=80, b=50), meta={"view": "method_state", "method": "swift", "skip": z})
     return fig
