@@ -189,10 +189,12 @@ def test_per_node_rejection_preserves_the_target_distribution():
 
 # ---- SWIFT -----------------------------------------------------------------------------------------
 
-def test_swift_search_state_and_cache_left_intact(tiny):
+@pytest.mark.parametrize("granularity, units, k, first", [("layer", 6, 2, {2, 3}), ("sublayer", 12, 4, {4, 5, 6, 7})])
+def test_swift_search_state_and_cache_left_intact(tiny, granularity, units, k, first):
     lm = tiny("llama", layers=6)
-    m = Swift(lm, SwiftParams(skip_ratio=0.34, search_rounds=5, eval_tokens=8))
-    assert m.skip == initial_skip(6, 2) == frozenset({2, 3})
+    m = Swift(lm, SwiftParams(skip_ratio=0.34, search_rounds=5, eval_tokens=8, granularity=granularity))
+    assert m.n_units == units and m.skip == initial_skip(units, k) == frozenset(first)
+    per_layer = units // 6
     ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]
     target_seen = []
 
@@ -211,8 +213,8 @@ def test_swift_search_state_and_cache_left_intact(tiny):
     steps = list(engine.decode(lm, spy, ids, max_new_tokens=24))
     assert all(target_seen) and len(target_seen) > 6
     searched = [s.state["search"] for s in steps if "search" in s.state]
-    assert len(searched) == 5 and all(len(s["candidate"]) == 2 for s in searched)
-    assert all(len(s.state["skip"]) == 2 and 0 < min(s.state["skip"]) and max(s.state["skip"]) < 5
+    assert len(searched) == 5 and all(len(s["candidate"]) == k for s in searched)
+    assert all(len(s.state["skip"]) == k and per_layer <= min(s.state["skip"]) and max(s.state["skip"]) < 5 * per_layer
                for s in steps[1:])  # never the first or the last layer
     assert [s.state["phase"] for s in steps[1:7]] == ["search"] * 5 + ["frozen"]
     assert steps[-1].state["skip_acceptance"] is not None
