@@ -98,11 +98,12 @@ def fp64_next_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
         return converted[id(t)]
 
     layer_of = {}
+    own = {n for n, _ in shadow.named_parameters()} | {n for n, _ in shadow.named_buffers()}
     for name in source:
         m = re.match(r"(.*\.layers\.\d+)\.", name)
         if m:
             layer_of.setdefault(m.group(1), []).append(name)
-        elif name in dict(shadow.named_parameters()) or name in dict(shadow.named_buffers()):
+        elif name in own:
             _assign(shadow, name, fp64(source[name]))
 
     def bring(prefix):

@@ -28,6 +28,7 @@ from .sampling import GREEDY, SamplingConfig, probs
 from . import tree
 from .models import LM, cache_kwargs
 from .devices import synchronize
+from .gate import hold
 from .trace import BONUS_ARGMAX, BONUS_SAMPLED, Node, Step, Timing
 
 
@@ -178,6 +179,7 @@ class Target:
         self.window = tree.sliding_window(lm.config)
         self._keep_arg = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._blocks: dict[tuple[int, ...], torch.Tensor] = {}  # tree part of the mask, per tree shape
+        self._no_trees = tree.tree_refusal(lm.model, lm.name)  # why this model cannot verify a tree (None: it can)
         self.device, self.dtype = lm.device, lm.dtype  # looked up once: the properties walk the parameters
 
     def _forward(self, ids: list[int], positions: list[int], mask, keep: int = 0) -> torch.Tensor:
@@ -205,8 +207,8 @@ class Target:
         """The 4D mask for a tree (None for a chain: the model's causal mask is the tree mask)."""
         if tree.is_chain(parents):
             return None
-        if not self._blocks:
-            tree.require_tree_masks(self.model, self.lm.name)
+        if self._no_trees:
+            raise tree.TreeUnsupported(self._no_trees)
         dev, dt = self.device, self.dtype
         if self.window is None:
             # = T.attention_mask(parents, self.kv_len): the prefix columns are all zeros and the tree block
@@ -369,10 +371,7 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     Step's `timing.start` is when its round began, in seconds since the run began.
     """
     t_run = time.perf_counter()
-    gate = getattr(lm, "gate", None)
-    hold = (gate.exclusive() if method.exclusive_model else gate.shared()) if gate is not None \
-        else contextlib.nullcontext()
-    with hold:  # other runs on this model (labkit.gate)
+    with hold(lm, exclusive=method.exclusive_model):  # other runs on this model (labkit.gate)
         for step in _decode(lm, method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, detail=detail,
                             should_stop=should_stop):
             # a round ends just before it is yielded: it began `total` seconds earlier
@@ -439,7 +438,8 @@ def _decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int, s
         root = seq[-1]
         prop = method.propose(seq, sampling, gen)
         budget_depth = max_new_tokens - n_new - 1  # never draft deeper than the token budget can commit
-        if prop.tokens and max(tree.depths(prop.parents)) > budget_depth:
+        # (a tree of n nodes is at most n deep: its depths are computed only when it might be too deep)
+        if len(prop.tokens) > budget_depth and max(tree.depths(prop.parents)) > budget_depth:
             prop = _truncate(prop, max(budget_depth, 0))
         sync()
         # 2. verify: one target forward over the root and every drafted node (4D tree mask, position ids)

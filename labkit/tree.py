@@ -82,17 +82,25 @@ class TreeUnsupported(ValueError):
     """A model that cannot verify a draft tree in one forward (one line: what it is, what works instead)."""
 
 
-def require_tree_masks(model: torch.nn.Module, name: str = "") -> None:
-    """Refuse, in one line, a model that places tokens by the attention mask rather than by position ids (ALiBi:
-    BLOOM, MPT, Falcon with alibi): a 4D tree mask with explicit position ids is how labkit verifies a tree."""
+def tree_refusal(model: torch.nn.Module, name: str = "") -> str | None:
+    """Why this model cannot verify a draft tree, in one line (None: it can). A model that places tokens by the
+    attention mask rather than by position ids (ALiBi: BLOOM, MPT, Falcon with alibi) cannot: a 4D tree mask
+    with explicit position ids is how labkit verifies a tree."""
     import inspect
 
     cfg = model.config
     if "position_ids" in inspect.signature(model.forward).parameters and not getattr(cfg, "alibi", False):
-        return
-    raise TreeUnsupported(f"{name or cfg.model_type} ({cfg.model_type}) takes no position ids (ALiBi positions come "
-                          "from the attention mask), so labkit cannot verify a draft tree on it; chain methods "
-                          "(prompt_lookup, draft_model, ...) and plain decoding work")
+        return None
+    return (f"{name or cfg.model_type} ({cfg.model_type}) takes no position ids (ALiBi positions come from the "
+            "attention mask), so labkit cannot verify a draft tree on it; chain methods (prompt_lookup, draft_model, "
+            "...) and plain decoding work")
+
+
+def require_tree_masks(model: torch.nn.Module, name: str = "") -> None:
+    """Raise `TreeUnsupported` (one line) for a model that cannot verify a draft tree (`tree_refusal`)."""
+    reason = tree_refusal(model, name)
+    if reason:
+        raise TreeUnsupported(reason)
 
 
 def sliding_window(config) -> int | None:

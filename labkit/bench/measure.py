@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import metrics
+from ..gate import hold
 from .questions import BASELINE, GENERATE, GENERATE_PLD, PLD_TOKENS, TRACE_SUFFIX
 
 
@@ -137,7 +138,7 @@ def run_generate(lm, q: dict, ids: list[int], *, max_new_tokens: int, sampling, 
     if not sampling.greedy:
         torch.manual_seed(sampling.seed)
     # switching the shared model's execution path is a change other runs must not compute through (labkit.gate)
-    with lm.gate.exclusive(), backends.use(lm.model, "stock"):
+    with hold(lm, exclusive=True), backends.use(lm.model, "stock"):
         latency.synchronize(lm.device)
         c0 = time.process_time()
         t0 = time.perf_counter()

@@ -267,7 +267,7 @@ class Aded(Method):
         ranked = sorted((q for q in visits if q), key=lambda q: (-visits[q], len(q), q))[:p.sequences]
         chosen: set[tuple[int, ...]] = set()
         for q in ranked:
-            _, ext = self._rollout((root_ctx + q)[-2:] if len(q) < 2 else q[-2:], len(q))
+            _, ext = self._rollout((root_ctx + q)[-2:], len(q))
             full = q + tuple(ext)  # the greedy extension
             chosen.update(full[:k] for k in range(1, len(full) + 1))
         order = sorted(chosen, key=lambda q: (len(q), -visits.get(q, 0), q))

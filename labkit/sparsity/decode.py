@@ -10,7 +10,6 @@ fidelity is measured (default: every policy but dense, whose logits are the dens
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -19,6 +18,7 @@ import torch
 
 from .. import engine
 from ..sampling import GREEDY, SamplingConfig
+from ..gate import hold
 from ..models import cache_kwargs
 from . import policies
 from .instrument import LayerHeadSelection, capture
@@ -99,9 +99,8 @@ def decode(lm, method: engine.Method, prompt: list[int], sparsity: Any = "dense"
 
 def _events(lm, method, prompt, policy, record, measure, **kw) -> Iterator:
     shadow = DenseShadow(lm) if measure else None
-    gate = getattr(lm, "gate", None)  # the capture changes how the shared model computes: run alone
-    with gate.exclusive() if gate is not None else contextlib.nullcontext(), \
-            capture(lm, policy, record=record, method=method) as cap:
+    # the capture changes how the shared model computes: run alone
+    with hold(lm, exclusive=True), capture(lm, policy, record=record, method=method) as cap:
         for step in engine.decode(lm, method, prompt, **kw):
             yield step
             yield cap.frame(step, _dense_logits(shadow, cap, method, step))
