@@ -98,7 +98,9 @@ def fp64_next_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
         return converted[id(t)]
 
     layer_of = {}
-    own = {n for n, _ in shadow.named_parameters()} | {n for n, _ in shadow.named_buffers()}
+    # every name, tied ones included (a tied head is its own name here; `fp64` converts the shared tensor once)
+    own = ({n for n, _ in shadow.named_parameters(remove_duplicate=False)}
+           | {n for n, _ in shadow.named_buffers(remove_duplicate=False)})
     for name in source:
         m = re.match(r"(.*\.layers\.\d+)\.", name)
         if m:

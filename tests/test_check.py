@@ -18,3 +18,18 @@ def test_fp64_next_logits_equals_a_float64_copy(tiny, arch):
     assert got.dtype == torch.float64 and got.device.type == "cpu"
     assert torch.equal(got, want)
     assert next(lm.model.parameters()).dtype == torch.float32  # the model itself is untouched
+
+
+def test_fp64_next_logits_with_a_tied_head():
+    from transformers import AutoModelForCausalLM
+
+    from labkit.testing import tiny_config
+
+    cfg = tiny_config("llama")
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ids = [3 + i % 20 for i in range(37)]
+    want = copy.deepcopy(model).to(torch.float64)(input_ids=torch.tensor([ids])).logits[0, -1]
+    assert torch.equal(fp64_next_logits(model, ids), want)
