@@ -192,3 +192,14 @@ def test_bench_run_is_the_command_as_a_function(tiny_dir, tmp_path):
     assert (tmp_path / "f.md").exists()
     with pytest.raises(TypeError, match="unknown options bogus"):
         bench.run(model=tiny_dir, bogus=1)
+
+
+def test_sparsity_bench_runs_a_policys_settings_as_rows(tiny_dir, capsys):
+    """`--sparsity name:param=value` is a row of its own, labelled by its spec; a bad setting is one line."""
+    assert main(["bench", "--model", tiny_dir, "--sparsity", "razor_attention,razor_attention:compensation=count",
+                 "--budgets", "8", "--n", "1", "--categories", "qa", "--max-new-tokens", "4", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith("razor_attention")]
+    assert rows == ["razor_attention", "razor_attention:compensation=count"]
+    assert main(["bench", "--model", tiny_dir, "--sparsity", "razor_attention:compensation=half"]) == 2
+    assert "compensation='half' must be one of mean, count, off" in capsys.readouterr().err

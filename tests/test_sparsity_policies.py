@@ -183,6 +183,29 @@ def test_razor_keep_and_compensation_token():
     assert sel.keep[1, 0].int().tolist() == [1, 0, 0, 0, 0, 0, 1, 1]
     assert sel.extra_key[1, 0, 0] == key[1, 1:6].mean() and sel.extra_value[0, 0, 0] == key[0, 1:6].mean() + 100
     assert sel.extra_heads.tolist() == [False, False, True, True]  # GQA: query heads 2, 3 read KV head 1
+    assert sel.extra_count == 1.0  # the public implementation's weight: one ordinary entry
+    counted = policies.create("razor_attention", {"budget": 3, "sinks": 1, "compensation": "count"})
+    counted.retrieval = pol.retrieval
+    assert counted.select(call).extra_count == 5.0  # positions 1..5 dropped
+    off = policies.create("razor_attention", {"budget": 3, "sinks": 1, "compensation": "off"})
+    off.retrieval = pol.retrieval
+    assert torch.equal(off.select(call), sel.keep)
+
+
+def test_a_counted_compensation_entry_weighs_as_its_copies():
+    """extra_count = n: the recorded weights equal those of n copies of the entry (score + log n)."""
+    torch.manual_seed(3)
+    h, d, past = 2, 4, 6
+    query, key = torch.randn(h, 1, d), torch.randn(1, past + 1, d)
+    ek = torch.randn(1, 1, d)
+    keep = torch.ones(1, 1, past, dtype=torch.bool)
+    call = LayerCall(0, query, key, None, 0.5, past, value=key)
+    counted = call.probs(Selection(keep=keep, extra_key=ek, extra_value=ek, extra_heads=torch.ones(h, dtype=torch.bool),
+                                   extra_count=3.0))
+    copies = LayerCall(0, query, torch.cat([key[:, :past], ek, ek, ek, key[:, past:]], 1), None, 0.5, past + 3,
+                       value=key).probs(None)
+    assert torch.allclose(counted[..., :past], copies[..., :past], atol=1e-6)
+    assert torch.allclose(counted[..., past:], copies[..., past + 3:], atol=1e-6)
 
 
 # ---- the capture's mask algebra -------------------------------------------------------------------
@@ -213,8 +236,9 @@ def test_recall_of_a_selection_on_known_scores():
     assert torch.allclose(call.probs(sel)[0, 0], torch.tensor([0.5, 0, 0, 0.25, 0.25]))
 
 
+@pytest.mark.parametrize("count", [1.0, 6.0])  # an ordinary entry (boolean mask), a counted one (additive mask)
 @pytest.mark.parametrize("q_len", [1, 3])  # SDPA packs GQA heads for one query, repeats keys for several
-def test_masked_sdpa_attends_exactly_as_recorded(q_len):
+def test_masked_sdpa_attends_exactly_as_recorded(q_len, count):
     """The selection reaches SDPA as the recorded weights say: output == probs @ values (GQA, per-KV-head keep,
     a compensation entry read by some heads only)."""
     from types import SimpleNamespace
@@ -230,8 +254,9 @@ def test_masked_sdpa_attends_exactly_as_recorded(q_len):
     sel = Selection(keep=razor.razor_keep(past, 1, 3, torch.tensor([False, True])),
                     extra_key=key[0, :, 1:7].mean(-2, keepdim=True),
                     extra_value=value[0, :, 1:7].mean(-2, keepdim=True),
-                    extra_heads=torch.tensor([True, True, False, False]))
+                    extra_heads=torch.tensor([True, True, False, False]), extra_count=count)
     k2, v2, m2 = _apply(call, sel, key, value)
+    assert m2.dtype == (torch.bool if count == 1 else torch.float32)
     module = SimpleNamespace(num_key_value_groups=h // hkv, layer_idx=0, is_causal=True, training=False)
     out, _ = _sdpa(module, query, k2, v2, m2, scaling=d ** -0.5)
     p = call.probs(sel)  # [H, q, kv] over the real entries
@@ -264,6 +289,14 @@ def test_gathered_sdpa_matches_recorded_weights(q_len, tree):
     module = SimpleNamespace(num_key_value_groups=h // hkv, layer_idx=0, is_causal=True, training=False)
     out, _ = _sdpa(module, query, k2, v2, m2, scaling=d ** -0.5)
     want = call.probs(sel) @ expand_heads(value[0], h)
+    assert torch.allclose(out[0].transpose(0, 1), want, atol=1e-5)
+    comp = Selection(keep=keep, extra_key=key[0, :, 4:6].mean(-2, keepdim=True),
+                     extra_value=value[0, :, 4:6].mean(-2, keepdim=True),
+                     extra_heads=torch.tensor([False, True, True, True]), extra_count=2.0)
+    k2, v2, m2 = _gather(call, comp, key, value)
+    out, _ = _sdpa(module, query, k2, v2, m2, scaling=d ** -0.5)
+    p = call.probs(comp)
+    want = p @ expand_heads(value[0], h) + (1 - p.sum(-1, keepdim=True)) * expand_heads(comp.extra_value, h)
     assert torch.allclose(out[0].transpose(0, 1), want, atol=1e-5)
     uneven = Selection(keep=keep.clone().index_put_((torch.tensor([0]), torch.tensor([0]), torch.tensor([5])),
                                                     torch.tensor(True)))

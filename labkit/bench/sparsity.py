@@ -1,6 +1,7 @@
 """`labkit bench --sparsity POLICIES`: KV-sparsity policies on long Spec-Bench prompts, against dense decoding.
 
     labkit bench --sparsity streaming_llm,h2o,tidal_decode --budgets 64,256 --n 2 --max-new-tokens 32
+    labkit bench --sparsity razor_attention,razor_attention:compensation=count --budgets 64   # a policy's setting
 
 Per question (default categories: summarization and rag, the long prompts) and in one process:
 1. dense decoding with the capture off (the reference speed), through the capture with nothing recorded
@@ -100,18 +101,21 @@ def _prompts(lm, args) -> list[tuple[str, list[int]]]:
             for q in select(load_questions(), args.n, cats)]
 
 
-def _policy_configs(names: list[str], budgets: list[int], extra: dict) -> list[tuple[str, int, dict]]:
+def _policy_configs(specs: list[str], budgets: list[int], extra: dict) -> list[tuple[str, str, int, dict]]:
+    """(label, policy, budget, params) per spec ('name' or 'name:param=value...') and budget; `extra` reaches
+    every policy that has the parameter, a spec's own settings win."""
     out = []
-    for name in names:
+    for spec in specs:
+        name, own = methods.split_spec(spec)
         cls = policies.get(name)
         if name == "dense":
             continue
         fields = {f for f in (cls.Params.__dataclass_fields__ if cls.Params else {})}
         mine = {k: v for k, v in extra.items() if k in fields}
         for b in budgets:
-            params = {**mine, "budget": b}
+            params = {**mine, **own, "budget": b}
             policies.create(name, params)  # validate now, before any model runs
-            out.append((name, b, params))
+            out.append((spec, name, b, params))
     return out
 
 
@@ -119,8 +123,6 @@ def main(args) -> int:
     from ..session import Session
 
     names = [s.strip() for s in args.sparsity.split(",") if s.strip()]
-    for n in names:
-        policies.get(n)
     try:
         budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     except ValueError:
@@ -140,7 +142,7 @@ def main(args) -> int:
 
     all_rec, none_rec = LayerHeadSelection(), None
     plain, hooks, recording = Cell(), Cell(), Cell()
-    cells = {(n, b): (Cell(), Cell()) for n, b, _ in configs}
+    cells = {(label, b): (Cell(), Cell()) for label, _, b, _ in configs}
     t0 = time.time()
     for i, (label, ids) in enumerate(prompts, 1):
         method.reset()
@@ -149,8 +151,8 @@ def main(args) -> int:
         _timed(hooks, run(lm, method, ids, Options("dense", record=none_rec), max_new_tokens=n_new, detail=False)[0])
         method.reset()
         _timed(recording, run(lm, method, ids, Options("dense", record=all_rec), max_new_tokens=n_new, detail=False)[0])
-        for name, b, params in configs:
-            timed, measured = cells[(name, b)]
+        for label, name, b, params in configs:
+            timed, measured = cells[(label, b)]
             method.reset()
             steps, _ = run(lm, method, ids, Options(name, params, record=none_rec, fidelity=False),
                            max_new_tokens=n_new, detail=False)
@@ -176,13 +178,14 @@ def format_table(plain: Cell, hooks: Cell, recording: Cell, configs, cells) -> s
              f"  capture on, nothing recorded        {hooks.tps:8.2f} tok/s  ({_ratio(hooks.tps, ref)} of off)",
              f"  capture on, every layer+head        {recording.tps:8.2f} tok/s  ({_ratio(recording.tps, ref)} of off)",
              ""]
-    head = (f"{'policy':16s} {'budget':>6s} {'recall':>7s} {'top-1':>6s} {'KL':>8s} {'KV kept':>8s} "
+    w = max([16] + [len(label) for label, *_ in configs])
+    head = (f"{'policy':{w}s} {'budget':>6s} {'recall':>7s} {'top-1':>6s} {'KL':>8s} {'KV kept':>8s} "
             f"{'tok/s':>7s} {'vs dense':>8s}")
     lines += [head, "-" * len(head)]
-    lines.append(f"{'dense':16s} {'-':>6s} {1.0:7.3f} {1.0:6.3f} {0.0:8.4f} {1.0:7.1%} {ref:7.2f} {1.0:7.2f}x")
-    for name, b, _ in configs:
-        timed, m = cells[(name, b)]
-        lines.append(f"{name:16s} {b:6d} {_mean(m.recall):7.3f} {_mean(m.top1):6.3f} {_mean(m.kl):8.4f} "
+    lines.append(f"{'dense':{w}s} {'-':>6s} {1.0:7.3f} {1.0:6.3f} {0.0:8.4f} {1.0:7.1%} {ref:7.2f} {1.0:7.2f}x")
+    for label, _, b, _ in configs:
+        timed, m = cells[(label, b)]
+        lines.append(f"{label:{w}s} {b:6d} {_mean(m.recall):7.3f} {_mean(m.top1):6.3f} {_mean(m.kl):8.4f} "
                      f"{_mean(m.kv):7.1%} {timed.tps:7.2f} {timed.tps / ref if ref else float('nan'):7.2f}x")
     return "\n".join(lines)
 

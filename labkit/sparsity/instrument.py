@@ -325,7 +325,7 @@ def _gather(call: LayerCall, sel: Selection, key, value):
     if sel.extra_key is not None:
         extra = sel.extra_heads[None, :, None, None].expand(1, call.n_heads, call.q_len, 1)
         base = torch.ones(1, call.n_heads, call.q_len, cols.shape[1], dtype=torch.bool, device=keep.device)
-        mask = torch.cat([base if mask is None else mask, extra], -1)
+        mask = _extra_mask(torch.cat([base if mask is None else mask, extra], -1), sel, k2.dtype)
         k2 = torch.cat([k2, sel.extra_key[None].to(k2.dtype)], 2)
         v2 = torch.cat([v2, sel.extra_value[None].to(v2.dtype)], 2)
     return k2, v2, mask
@@ -339,7 +339,18 @@ def _apply(call: LayerCall, sel: Selection, key, value):
         allowed = torch.cat([allowed, extra], -1)
         key = torch.cat([key, sel.extra_key[None].to(key.dtype)], 2)
         value = torch.cat([value, sel.extra_value[None].to(value.dtype)], 2)
+        return key, value, _extra_mask(allowed[None], sel, key.dtype)
     return key, value, allowed[None]
+
+
+def _extra_mask(allowed: torch.Tensor, sel: Selection, dtype) -> torch.Tensor:
+    """The SDPA mask [1, H, q, kv+1] whose last column is the extra entry: boolean when that entry is an ordinary
+    one, else additive, with log(extra_count) on the extra column where it is read."""
+    if sel.extra_count == 1:
+        return allowed
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    bias[..., -1] = sel.extra_bias
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def fidelity(dense_logits: torch.Tensor, policy_logits: torch.Tensor) -> tuple[float, float]:

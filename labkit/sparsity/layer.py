@@ -7,6 +7,7 @@ tokens as far as the incoming mask allows (causal for chains, ancestors only for
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,12 +20,20 @@ class Selection:
     keep: bool [G, qs, past], G in {1, Hkv, H} (shared by all heads, per KV head, per query head), qs in {1, q}
     (shared by all query rows, or per row). Optionally one extra KV entry appended after the real ones (RazorAttention's
     compensation token): extra_key/extra_value [Hkv, 1, D] and extra_heads bool [H] (the query heads that read it).
+    extra_count: how many entries the extra one stands for; its attention score gains log(extra_count), so it
+    weighs as that many copies of itself would (1: an ordinary entry).
     """
 
     keep: torch.Tensor
     extra_key: torch.Tensor | None = None
     extra_value: torch.Tensor | None = None
     extra_heads: torch.Tensor | None = None
+    extra_count: float = 1.0
+
+    @property
+    def extra_bias(self) -> float:
+        """What the extra entry's score gains: log(extra_count)."""
+        return math.log(self.extra_count)
 
 
 def expand_heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -108,7 +117,7 @@ class LayerCall:
             if sel.extra_key is not None:
                 q = self.query if rows is None else self.query[:, rows]
                 ek = expand_heads(sel.extra_key, self.n_heads).float()  # [H, 1, D]
-                extra = torch.matmul(q.float(), ek.transpose(-1, -2)) * self.scaling  # [H, r, 1]
+                extra = torch.matmul(q.float(), ek.transpose(-1, -2)) * self.scaling + sel.extra_bias  # [H, r, 1]
                 extra = extra.masked_fill(~sel.extra_heads[:, None, None], float("-inf"))
                 p = torch.softmax(torch.cat([s, extra], -1), -1)[..., :-1]
                 self._probs[key] = p

@@ -13,6 +13,14 @@ its mean attention to the previous occurrence (echo) and to its successor (induc
 (the paper: 14% + 1%). Scores are taken per KV head (the max over the query heads sharing it), so the
 kept cache is real memory under GQA. The compensation entry is one extra KV entry per KV head, not counted
 in "KV kept".
+
+The compensation token's weight: the public implementation (Huawei's MindSpore Golden Stick,
+`mindspore_gs/experimental/long_context_compress/razor_attention/wrappers/vllm_mindspore/attention_wrappers.py`,
+`use_virtual_token=True`) writes the mean key and value into the cache as one ordinary entry, so it enters
+attention with weight 1: `compensation=mean`, the default. `compensation=count` weights it by the number of
+entries N it stands for (its score gains log N: it weighs as N copies of itself), the reading of the paper's
+equation 5 that issue 14 asks about; the paper's text itself could not be read from this project's machines.
+`compensation=off` drops the entries (sinks + window only). docs/sparsity.md measures the three.
 """
 from __future__ import annotations
 
@@ -101,7 +109,10 @@ class RazorParams:
     sinks: int = param(4, "initial tokens every head keeps", lo=0, hi=1024)
     induction_frac: float = param(0.14, "share of KV heads kept whole for their induction score", lo=0.0, hi=1.0)
     echo_frac: float = param(0.01, "share of KV heads kept whole for their echo score", lo=0.0, hi=1.0)
-    compensation: bool = param(True, "fold the dropped entries into one compensation token (mean key/value)")
+    compensation: str = param("mean", "the dropped entries of a non-retrieval head become one compensation token "
+                              "(their mean key and value) read as one ordinary entry (mean, as in the public "
+                              "implementation), or weighted by the number of entries it stands for (count), or "
+                              "are simply dropped (off)", choices=("mean", "count", "off"))
 
 
 class RazorAttention(Policy):
@@ -130,14 +141,15 @@ class RazorAttention(Policy):
             return None
         retrieval = self.retrieval[call.layer].to(call.device)
         keep = razor_keep(call.past, p.sinks, p.budget - p.sinks, retrieval)
-        if not p.compensation:
+        if p.compensation == "off":
             return keep
         from ..layer import Selection, expand_heads
 
         lo, hi = min(p.sinks, call.past), call.past - (p.budget - p.sinks)
         return Selection(keep=keep, extra_key=call.key[:, lo:hi].mean(-2, keepdim=True),
                          extra_value=call.value[:, lo:hi].mean(-2, keepdim=True),
-                         extra_heads=expand_heads(~retrieval, call.n_heads))
+                         extra_heads=expand_heads(~retrieval, call.n_heads),
+                         extra_count=float(hi - lo) if p.compensation == "count" else 1.0)
 
     def step_state(self):
         return {"retrieval_heads": int(self.retrieval.sum()) if self.retrieval is not None else 0}
