@@ -26,6 +26,17 @@ class ModelGate:
     def _others_reading(self, me: int) -> bool:
         return any(n for t, n in self._readers.items() if t != me)
 
+    def wait_reason(self, exclusive: bool = False) -> str:
+        """Why a hold taken by this thread now would wait ("" if it would not): for a status line while it does."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer is not None and self._writer != me:
+                return "another run is changing how the model computes and runs alone; this one starts when it ends"
+            if exclusive and self._others_reading(me):
+                return "this run changes how the model computes, so it runs alone: it starts when the runs in " \
+                       "progress end"
+            return ""
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         me = threading.get_ident()
@@ -58,6 +69,12 @@ class ModelGate:
                 if not self._depth:
                     self._writer = None
                 self._cond.notify_all()
+
+
+def wait_reason(lm, exclusive: bool = False) -> str:
+    """Why `hold(lm, exclusive)` would wait now ("" if it would not, or for an LM-like object without a gate)."""
+    gate = getattr(lm, "gate", None)
+    return gate.wait_reason(exclusive) if gate is not None else ""
 
 
 def hold(lm, exclusive: bool = False):

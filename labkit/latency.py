@@ -198,12 +198,37 @@ def ideal_seconds(node_counts: Sequence[int], curve: LatencyCurve) -> float:
     return float(sum(table[n] for n in node_counts))
 
 
-def expected_speedup(steps, curve: LatencyCurve | None) -> float | None:
+def expected_speedup(steps, curve: LatencyCurve | None, *, with_draft: bool = False) -> float | None:
     """What the latency curve predicts for a run's decode rounds: committed tokens x t(plain step) / the summed
     t(tree) of the verify passes actually run (1.0 for plain decoding), i.e. the speedup if drafting and
-    bookkeeping cost nothing. None without a curve or decode rounds."""
+    bookkeeping cost nothing. `with_draft=True` adds the rounds' measured drafting time to the denominator: the
+    prediction for this draft as it ran (a self-drafting method pays for its own forward passes). None without a
+    curve or decode rounds."""
     decode = [s for s in steps if s.kind == "decode"]
     if curve is None or not decode:
         return None
     ideal = ideal_seconds([len(s.nodes) for s in decode], curve)
+    if with_draft:
+        ideal += sum(s.timing.draft for s in decode)
     return sum(len(s.tokens) for s in decode) * curve.t(0) / ideal if ideal > 0 else None
+
+
+def draft_share(steps) -> float:
+    """The share of the decode rounds' wall time spent drafting (0 when there is none)."""
+    decode = [s for s in steps if s.kind == "decode"]
+    total = sum(s.timing.total for s in decode)
+    return sum(s.timing.draft for s in decode) / total if total > 0 else 0.0
+
+
+DRAFT_SHARE_SHOWN = 0.05  # below this share of the decode time, drafting is a lookup and the verify passes are the cost
+
+
+def expected_text(steps, curve: LatencyCurve | None) -> str | None:
+    """The curve's prediction for a run in a few words: "×1.09" when drafting is cheap, else "×0.61 with its
+    drafting (×1.09 if free)". None without a curve or decode rounds."""
+    free = expected_speedup(steps, curve)
+    if free is None:
+        return None
+    if draft_share(steps) < DRAFT_SHARE_SHOWN:
+        return f"×{free:.2f}"
+    return f"×{expected_speedup(steps, curve, with_draft=True):.2f} with its drafting (×{free:.2f} if free)"

@@ -579,3 +579,27 @@ def test_live_ends_with_expected_and_measured_speedup(app):
     ups = live(app, Visitor())
     assert "expected **×" in ups[-1].metrics and "measured **×" in ups[-1].metrics
     assert all("expected **×" not in u.metrics for u in ups[:-1] if isinstance(u.metrics, str))  # at the end only
+
+
+def test_live_says_it_waits_while_another_run_has_the_model_alone(app):
+    """A run that must wait for the model (another visitor's sparsity capture holds it alone) says so first."""
+    v = Visitor()
+    list(app.live(v, "tiny-llama", "autoregressive", PROMPT, 2, chat=False))  # loads the model
+    lm = v.session(app.pool, "tiny-llama").lm
+    held, release = threading.Event(), threading.Event()
+
+    def other_visitor():
+        with lm.gate.exclusive():
+            held.set()
+            release.wait()
+
+    t = threading.Thread(target=other_visitor)
+    t.start()
+    held.wait()
+    ups = app.live(v, "tiny-llama", "autoregressive", PROMPT, 4, chat=False)
+    first = next(ups)
+    release.set()
+    rest = list(ups)
+    t.join()
+    assert first.status.startswith("waiting for the model: another run is changing how the model computes")
+    assert rest[-1].done and rest[-1].steps > 0 and not rest[-1].error

@@ -31,6 +31,31 @@ def test_exclusive_waits_for_other_threads_and_blocks_new_readers():
     assert log == ["reader done", "writer", "writer done", "late reader"]
 
 
+def test_wait_reason_says_why_a_hold_would_wait():
+    gate = ModelGate()
+    assert gate.wait_reason() == "" and gate.wait_reason(exclusive=True) == ""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(exclusive):
+        with (gate.exclusive() if exclusive else gate.shared()):
+            held.set()
+            release.wait()
+
+    for exclusive in (False, True):
+        held.clear()
+        release.clear()
+        t = threading.Thread(target=hold, args=(exclusive,))
+        t.start()
+        held.wait()
+        if exclusive:  # another thread runs alone: every hold waits
+            assert "another run is changing how the model computes" in gate.wait_reason()
+        else:  # another thread reads: only a hold that must run alone waits
+            assert gate.wait_reason() == "" and "runs alone" in gate.wait_reason(exclusive=True)
+        release.set()
+        t.join()
+    assert gate.wait_reason(exclusive=True) == ""
+
+
 def test_a_thread_never_waits_for_itself():
     gate = ModelGate()
     with gate.shared(), gate.exclusive(), gate.shared(), gate.exclusive():

@@ -1,5 +1,6 @@
 """Hardware-aware sizing: the decision on hand-made latency curves and acceptance, the acceptance models, the
 latency measurement and its cache, and the two methods that use it (still lossless). No timed assertions."""
+import dataclasses
 import json
 
 import numpy as np
@@ -223,3 +224,25 @@ def test_token_recycling_prompt_rows_drafts_from_the_first_round(tiny):
     assert first["warm"]["matrix_rows_known"] >= len(set(prompt)) > first["cold"]["matrix_rows_known"]
     # a round where the prompt's rows let the warm matrix draft and the cold one has nothing to draft from
     assert any(w and not c for w, c in zip(drafted["warm"], drafted["cold"])), drafted
+
+
+def test_expected_speedup_with_and_without_the_drafts_time(monkeypatch):
+    """The verify passes alone predict 2 tokens per t(1); a draft that took as long as a plain step halves it,
+    and the app's speed line then says both, with the drafting share."""
+    from labkit.app.updates import speed_md
+    from labkit.trace import ACCEPTED, Node, Step, Timing
+
+    curve = latency.LatencyCurve(tokens=(1, 81), seconds=(0.010, 0.010))
+    nodes = (Node(1, -1, 1, ACCEPTED),)
+    draft = [Step(i, "decode", 0, "", nodes, (0,), (1, 2), "", 2, "", "argmax", 1, 3,
+                  Timing(draft=0.010, verify=0.010, total=0.020), 10) for i in range(4)]
+    assert latency.expected_speedup(draft, curve) == pytest.approx(2.0)
+    assert latency.expected_speedup(draft, curve, with_draft=True) == pytest.approx(1.0)
+    assert latency.draft_share(draft) == pytest.approx(0.5)
+    assert latency.expected_text(draft, curve) == "×1.00 with its drafting (×2.00 if free)"
+    monkeypatch.setattr(latency, "latency_curve", lambda lm: curve)
+    line = speed_md(draft, None)
+    assert "measured **×1.00**" in line and "expected **×1.00**" in line
+    assert "50% of the decode time in 12 draft forwards" in line and "×2.00 if drafting were free" in line
+    lookup = [dataclasses.replace(s, timing=Timing(verify=0.010, total=0.010), draft_forwards=0) for s in draft]
+    assert "expected **×2.00** (its latency curve)" in speed_md(lookup, None)

@@ -6,6 +6,7 @@ from typing import Iterator
 from .. import backends, methods, views
 from ..metrics import MAL_NOTE, compute as compute_metrics
 from ..models import LM
+from ..gate import wait_reason
 from .config import BASELINE, COMPARE_COLUMNS, MAX_COMPARE, USER_ERRORS, log
 from .updates import Column, CompareUpdate, FIGURES, Throttle, _finish_reason, _short, _user_message, metrics_md, stream_html
 from .visitor import Visitor
@@ -48,7 +49,11 @@ class CompareTab:
                 started = session.start(r.method, r.prompt, max_new_tokens=r.max_new_tokens, sampling=r.sampling,
                                         chat=r.chat, params=r.params, should_stop=stop.is_set)
                 lanes.append({"name": r.method, "gen": started.steps, "steps": [], "cfg": started.config,
-                              "ids": started.ids, "error": "", "done": False})
+                              "ids": started.ids, "error": "", "done": False,
+                              "exclusive": started.method.exclusive_model})
+            waiting = wait_reason(session.lm, any(lane["exclusive"] for lane in lanes))
+            if waiting:
+                yield CompareUpdate(status=f"waiting for the model: {waiting}")
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("compare: unexpected error")
@@ -171,16 +176,17 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
                 notes.append(f"- **{lane['name']}**: first divergence at token {pos}: {label(m_tok)!r} vs "
                              f"{label(b_tok)!r} (the explainer failed: {_user_message(e)})")
             verdict = f"✗ differs from token {pos}"
-        expected = latency.expected_speedup(lane["steps"], curve)
+        expected = latency.expected_text(lane["steps"], curve)
         rows.append(f"| {lane['name']}{'' if lossless else ' (LOSSY)'} | {m.tokens_per_s:.1f} | "
-                    f"{speed:.2f}× | {'-' if expected is None else f'{expected:.2f}×'} | {m.mean_accept_len:.2f} | "
+                    f"{speed:.2f}× | {expected or '-'} | {m.mean_accept_len:.2f} | "
                     f"{m.target_forwards} | {verdict} |")
     out = "\n".join(rows) + f"\n\n_Accept len: {MAL_NOTE}._"
     if curve is not None:
         out += (f"\n\n_Execution path: {backends.describe(lm.backend)}. Expected = tokens per round x t(1 token) / "
                 f"t(the round's tree) from this machine's latency curve (t(8) = {curve.t(7) / curve.t(0):.2f} x "
-                f"t(1)), i.e. the speedup if drafting and bookkeeping cost nothing; measured speedups on a shared "
-                f"CPU vary by 10-20% from run to run._")
+                f"t(1)), i.e. the speedup if drafting and bookkeeping cost nothing; where drafting took a real "
+                f"share of the rounds (a draft model, or the target's own layers), its measured time is added "
+                f"first. Measured speedups on a shared CPU vary by 10-20% from run to run._")
     if notes:
         out += "\n\n**First divergence** (losslessness explainer):\n" + "\n".join(notes)
     if not sampling.greedy:

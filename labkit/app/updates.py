@@ -55,8 +55,10 @@ def metrics_md(steps: list[Step]) -> str:
 
 
 def speed_md(steps: list[Step], lm: LM) -> str:
-    """The run against plain decoding on this machine: what the latency curve predicts for its rounds, and what
-    its decode rounds measured (their tokens/s times the curve's one-token step). "" when no curve is at hand."""
+    """The run against plain decoding on this machine: what its decode rounds measured (their tokens/s times the
+    curve's one-token step), and what the latency curve predicts for its rounds: with the draft's measured time
+    when drafting took a real share of the rounds (a self-drafting method pays for its own forward passes), else
+    for the verify passes alone. "" when no curve is at hand."""
     from .. import latency
 
     try:
@@ -64,14 +66,22 @@ def speed_md(steps: list[Step], lm: LM) -> str:
     except Exception:  # noqa: BLE001  (an optional figure: a failure leaves it out, with the traceback in the log)
         log.exception("latency curve")
         return ""
-    expected = latency.expected_speedup(steps, curve)
+    free = latency.expected_speedup(steps, curve)
     decode = [s for s in steps if s.kind == "decode"]
     seconds = sum(s.timing.total for s in decode)
-    if expected is None or seconds <= 0:
+    if free is None or seconds <= 0:
         return ""
     measured = sum(len(s.tokens) for s in decode) / seconds * curve.t(0)
-    return (f"\n\nvs plain decoding on this machine: expected **×{expected:.2f}** (its latency curve), measured "
-            f"**×{measured:.2f}** (the decode rounds' tokens/s × the curve's one-token step, {curve.t(0) * 1e3:.0f} ms)")
+    head = (f"\n\nvs plain decoding on this machine: measured **×{measured:.2f}** (the decode rounds' tokens/s × "
+            f"the curve's one-token step, {curve.t(0) * 1e3:.0f} ms)")
+    share = latency.draft_share(steps)
+    if share < latency.DRAFT_SHARE_SHOWN:  # drafting is a lookup: the verify passes are the cost
+        return head + f"; expected **×{free:.2f}** (its latency curve)"
+    drafted = latency.expected_speedup(steps, curve, with_draft=True)
+    forwards = sum(s.draft_forwards for s in decode)
+    return (head + f"; expected **×{drafted:.2f}** (its latency curve plus its drafting, which took "
+            f"{share:.0%} of the decode time" + (f" in {forwards} draft forwards" if forwards else "")
+            + f"; ×{free:.2f} if drafting were free)")
 
 
 def _finish_reason(steps: list[Step], stopped: bool) -> str:

@@ -40,7 +40,8 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
     target forward passes each needed (counted, not timed: what speculation saves, the same on every run) with
     the mean acceptance length, and whether the outputs are identical. With `curve` (a
     `labkit.latency.LatencyCurve`, e.g. `Session.latency_curve()`), each bar also says the speedup that curve
-    predicts for the rounds the method ran (`latency.expected_speedup`). tokens/s is one wall-clock sample and
+    predicts for the rounds the method ran (`latency.expected_text`: with its drafting time where drafting
+    took a real share of the rounds). tokens/s is one wall-clock sample and
     says so. `partial=True` while the runs are still streaming (or after a stop): only positions every run has
     produced are compared."""
     from ..methods import own_tokens_only
@@ -85,13 +86,13 @@ def side_by_side(runs: Mapping[str, Any], *, partial: bool = False, curve: Any =
                 pos += 1
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=color, width=2, shape="hv"), name=k,
                                  hovertemplate=f"{k}: position %{{x}} at %{{y:.2f}} s<extra></extra>"), row=2, col=1)
-    from ..latency import expected_speedup
+    from ..latency import expected_text
 
     def bar_label(k: str) -> str:
-        bound = expected_speedup(runs[k], curve) if curve is not None else None
+        bound = expected_text(runs[k], curve) if curve is not None else None
         # one short fact per line: a bar is narrow, and one long line would be shrunk until it is unreadable
         return (f"{mets[k].target_forwards} passes<br>{mets[k].mean_accept_len:.2f} tokens/pass"
-                + (f"<br>curve predicts ×{bound:.2f}" if bound is not None else "")
+                + (f"<br>curve predicts {bound.replace(' (', '<br>(')}" if bound is not None else "")
                 + f"<br>{mets[k].tokens_per_s:.1f} tok/s (one wall-clock run)")
 
     fig.add_trace(go.Bar(x=labels, y=[mets[k].target_forwards for k in labels],
