@@ -201,15 +201,17 @@ def ideal_seconds(node_counts: Sequence[int], curve: LatencyCurve) -> float:
 def expected_speedup(steps, curve: LatencyCurve | None, *, with_draft: bool = False) -> float | None:
     """What the latency curve predicts for a run's decode rounds: committed tokens x t(plain step) / the summed
     t(tree) of the verify passes actually run (1.0 for plain decoding), i.e. the speedup if drafting and
-    bookkeeping cost nothing. `with_draft=True` adds the rounds' measured drafting time to the denominator: the
-    prediction for this draft as it ran (a self-drafting method pays for its own forward passes). None without a
-    curve or decode rounds."""
+    bookkeeping cost nothing. `with_draft=True` also charges the drafting, at its measured cost relative to the
+    verify passes of the same rounds (drafting time / verify time, both on the run's clock, so a machine busier
+    during the run than when the curve was measured does not inflate it): the prediction for this draft as it ran
+    (a self-drafting method pays for its own forward passes). None without a curve or decode rounds."""
     decode = [s for s in steps if s.kind == "decode"]
     if curve is None or not decode:
         return None
     ideal = ideal_seconds([len(s.nodes) for s in decode], curve)
-    if with_draft:
-        ideal += sum(s.timing.draft for s in decode)
+    verify = sum(s.timing.verify for s in decode)
+    if with_draft and verify > 0:
+        ideal *= 1 + sum(s.timing.draft for s in decode) / verify
     return sum(len(s.tokens) for s in decode) * curve.t(0) / ideal if ideal > 0 else None
 
 

@@ -185,8 +185,8 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
         out += (f"\n\n_Execution path: {backends.describe(lm.backend)}. Expected = tokens per round x t(1 token) / "
                 f"t(the round's tree) from this machine's latency curve (t(8) = {curve.t(7) / curve.t(0):.2f} x "
                 f"t(1)), i.e. the speedup if drafting and bookkeeping cost nothing; where drafting took a real "
-                f"share of the rounds (a draft model, or the target's own layers), its measured time is added "
-                f"first. Measured speedups on a shared CPU vary by 10-20% from run to run._")
+                f"share of the rounds (a draft model, or the target's own layers), the prediction also charges it, "
+                f"at its measured cost relative to the same rounds' verify passes. Measured speedups on a shared CPU vary by 10-20% from run to run._")
     if notes:
         out += "\n\n**First divergence** (losslessness explainer):\n" + "\n".join(notes)
     if not sampling.greedy:
