@@ -263,6 +263,12 @@ def test_method_state_swift_skip_sets():
     assert fig.layout.meta["method"] == "swift"
     assert [list(r) for r in fig.layout.meta["skip"]] == [[0, 1, 0, 1, 0], [0, 1, 1, 0, 0]]
     assert list(fig.data[0].y) == ["draft uses", "candidate (adopted)"]
+    sub = {**state, "granularity": "sublayer", "units": 6, "layers": 3}  # units 1, 3: the MLPs of layers 0, 1
+    fig = views.method_state(mk(2, [], [], [3], state=sub))
+    assert list(fig.data[0].y) == ["draft uses: attention", "draft uses: MLP", "candidate (adopted): attention",
+                                   "candidate (adopted): MLP"]
+    assert [list(r) for r in fig.data[0].z] == [[0, 0, 0], [1, 1, 0], [0, 1, 0], [1, 0, 0]]
+    assert list(fig.data[0].x) == [0, 1, 2]
 
 
 def test_method_state_generic_fallback_and_registry():

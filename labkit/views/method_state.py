@@ -258,12 +258,16 @@ def swift_state(step: Step, token_text: Callable[[int], str] | None = None) -> g
     search = st.get("search")
     if search:
         sets.append((f"candidate ({'adopted' if search.get('adopted') else 'rejected'})", search.get("candidate", [])))
-    z = [[1 if i in set(skip) else 0 for i in range(n)] for _, skip in sets]
-    xs = [f"{u // 2} {'attn' if u % 2 == 0 else 'mlp'}" for u in range(n)] if sub else list(range(n))
-    fig = go.Figure(go.Heatmap(z=z, x=xs, y=[name for name, _ in sets], zmin=0, zmax=1,
+    z = [[1 if i in set(skip) else 0 for i in range(n)] for _, skip in sets]  # per unit, as the state counts
+    if sub:  # one row per sub-layer kind, the layers along x: every layer labelled, attention above its MLP
+        rows = [row[kind::2] for row in z for kind in (0, 1)]
+        names = [f"{name}: {kind}" for name, _ in sets for kind in ("attention", "MLP")]
+    else:
+        rows, names = z, [name for name, _ in sets]
+    fig = go.Figure(go.Heatmap(z=rows, x=list(range(len(rows[0]))), y=names, zmin=0, zmax=1,
                                colorscale=[[0, "#4c78a8"], [0.5, "#4c78a8"], [0.5, "#eeeeee"], [1, "#eeeeee"]],
                                showscale=False, xgap=2, ygap=4,
-                               hovertemplate=("%{x}" if sub else "layer %{x}") + ": %{z}<extra>1 = skipped</extra>"))
+                               hovertemplate="layer %{x}, %{y}: %{z}<extra>1 = skipped</extra>"))
     match = (f"; candidate match {search.get('candidate_match')} vs current {search.get('current_match')}"
              if search else "")
     fig.update_layout(
@@ -271,10 +275,11 @@ def swift_state(step: Step, token_text: Callable[[int], str] | None = None) -> g
                          f"{len(sets[0][1])} of {n} {'sub-layers' if sub else 'layers'} (grey = skipped, blue = run)"
                          f"{match}; acceptance so far "
                          f"{st.get('skip_acceptance')}"), font=dict(size=12)),
-        template="plotly_white", height=160 + 60 * len(sets),
-        xaxis=dict(title="sub-layer (layer, attention or MLP)" if sub else "layer", dtick=2 if sub else 1),
+        template="plotly_white", height=160 + 60 * len(names),
+        xaxis=dict(title="layer", dtick=1),
         yaxis=dict(autorange="reversed"),
-        margin=dict(l=150, r=20, t=80, b=50), meta={"view": "method_state", "method": "swift", "skip": z})
+        margin=dict(l=230 if sub else 150, r=20, t=80, b=50),
+        meta={"view": "method_state", "method": "swift", "skip": z})
     return fig
 
 
