@@ -367,11 +367,14 @@ def decode(lm: LM, method: Method, prompt: list[int], *, max_new_tokens: int = 1
     """Run `method` on `prompt` (token ids) and yield one Step per round.
 
     The first Step is the prefill (it reads the prompt and picks the first token). Generation ends at an
-    EOS token, after `max_new_tokens`, or when `should_stop()` returns True (checked between rounds). Each
+    EOS token, after `max_new_tokens`, or when `should_stop()` returns True (checked between rounds, and while
+    waiting for another run to release the shared model: then no Step at all). Each
     Step's `timing.start` is when its round began, in seconds since the run began.
     """
     t_run = time.perf_counter()
-    with hold(lm, exclusive=method.exclusive_model):  # other runs on this model (labkit.gate)
+    with hold(lm, exclusive=method.exclusive_model, should_stop=should_stop) as held:  # other runs (labkit.gate)
+        if not held:  # stopped while another run held the model: no rounds
+            return
         for step in _decode(lm, method, prompt, max_new_tokens=max_new_tokens, sampling=sampling, detail=detail,
                             should_stop=should_stop):
             # a round ends just before it is yielded: it began `total` seconds earlier

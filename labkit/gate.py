@@ -3,8 +3,11 @@ at once; a run that changes how the model computes while it runs (a sparsity cap
 function and hooks every layer; the benchmark switches its execution path for the `generate` rows) must run
 alone, or another run would compute through the change.
 
-    with hold(lm): ...                   # engine.decode takes this for every run
-    with hold(lm, exclusive=True): ...   # sparsity.decode, sparse self-speculation, the bench's stock rows
+    with hold(lm) as held: ...                   # engine.decode takes this for every run
+    with hold(lm, exclusive=True) as held: ...   # sparsity.decode, sparse self-speculation, the bench's stock rows
+
+`held` is True once the model is held; with `should_stop=` a waiting hold gives up when it returns True (the
+app's Stop button), and `held` is False: the block must then do nothing.
 
 A thread's own runs never wait for each other (a Compare interleaves its lanes in one thread, one round of each
 in turn): exclusive waits only for other threads' runs, and a thread holding it may also read.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class ModelGate:
@@ -37,38 +40,53 @@ class ModelGate:
                        "progress end"
             return ""
 
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        me = threading.get_ident()
-        with self._cond:
-            while self._writer is not None and self._writer != me:
-                self._cond.wait()
-            self._readers[me] = self._readers.get(me, 0) + 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers[me] -= 1
-                if not self._readers[me]:
-                    del self._readers[me]
-                self._cond.notify_all()
+    def _wait(self, blocked: Callable[[], bool], should_stop: Callable[[], bool] | None) -> bool:
+        """Wait (holding the condition) until `blocked()` is False -> True, or until `should_stop()` -> False."""
+        while blocked():
+            if should_stop is not None and should_stop():
+                return False
+            self._cond.wait(timeout=None if should_stop is None else 0.1)
+        return True
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def shared(self, should_stop: Callable[[], bool] | None = None) -> Iterator[bool]:
+        """Hold the model for reading; yields False (holding nothing) when `should_stop()` ended the wait."""
         me = threading.get_ident()
         with self._cond:
-            while (self._writer is not None and self._writer != me) or self._others_reading(me):
-                self._cond.wait()
-            self._writer = me
-            self._depth += 1
+            if not self._wait(lambda: self._writer is not None and self._writer != me, should_stop):
+                got = False
+            else:
+                got = True
+                self._readers[me] = self._readers.get(me, 0) + 1
         try:
-            yield
+            yield got
         finally:
-            with self._cond:
-                self._depth -= 1
-                if not self._depth:
-                    self._writer = None
-                self._cond.notify_all()
+            if got:
+                with self._cond:
+                    self._readers[me] -= 1
+                    if not self._readers[me]:
+                        del self._readers[me]
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, should_stop: Callable[[], bool] | None = None) -> Iterator[bool]:
+        """Hold the model alone; yields False (holding nothing) when `should_stop()` ended the wait."""
+        me = threading.get_ident()
+        with self._cond:
+            got = self._wait(lambda: (self._writer is not None and self._writer != me) or self._others_reading(me),
+                             should_stop)
+            if got:
+                self._writer = me
+                self._depth += 1
+        try:
+            yield got
+        finally:
+            if got:
+                with self._cond:
+                    self._depth -= 1
+                    if not self._depth:
+                        self._writer = None
+                    self._cond.notify_all()
 
 
 def wait_reason(lm, exclusive: bool = False) -> str:
@@ -77,9 +95,10 @@ def wait_reason(lm, exclusive: bool = False) -> str:
     return gate.wait_reason(exclusive) if gate is not None else ""
 
 
-def hold(lm, exclusive: bool = False):
-    """The model's gate, shared or exclusive, for a `with` block (nothing for an LM-like object without one)."""
+def hold(lm, exclusive: bool = False, should_stop: Callable[[], bool] | None = None):
+    """The model's gate, shared or exclusive, for a `with` block that receives True once held, or False when
+    `should_stop()` became true while it waited (always True for an LM-like object without a gate)."""
     gate = getattr(lm, "gate", None)
     if gate is None:
-        return contextlib.nullcontext()
-    return gate.exclusive() if exclusive else gate.shared()
+        return contextlib.nullcontext(True)
+    return gate.exclusive(should_stop) if exclusive else gate.shared(should_stop)

@@ -598,8 +598,13 @@ def test_live_says_it_waits_while_another_run_has_the_model_alone(app):
     held.wait()
     ups = app.live(v, "tiny-llama", "autoregressive", PROMPT, 4, chat=False)
     first = next(ups)
+    assert first.status.startswith("waiting for the model: another run is changing how the model computes")
+    v.request_stop()  # Stop while waiting: the run ends at once, with nothing
+    stopped = list(ups)
+    assert stopped[-1].done and stopped[-1].status.startswith("stopped") and stopped[-1].steps == 0
+    ups = app.live(v, "tiny-llama", "autoregressive", PROMPT, 4, chat=False)
+    assert next(ups).status.startswith("waiting for the model")
     release.set()
     rest = list(ups)
     t.join()
-    assert first.status.startswith("waiting for the model: another run is changing how the model computes")
     assert rest[-1].done and rest[-1].steps > 0 and not rest[-1].error

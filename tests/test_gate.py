@@ -79,3 +79,35 @@ def test_a_sparse_draft_and_a_plain_run_share_a_model_across_threads(tiny):
     for t in threads:
         t.join()
     assert all(v == want for v in out.values()) and len(out) == 3
+
+
+def test_stop_ends_a_wait_for_the_model(tiny):
+    """Stop pressed while another thread has the model alone: the run gives up the wait and yields no round
+    (engine and sparsity capture alike); the other run is untouched."""
+    from labkit.sparsity import decode as sparse_decode
+
+    lm = tiny("llama")
+    ids = [3, 8, 5, 1, 9, 4]
+    held, release = threading.Event(), threading.Event()
+
+    def other():
+        with lm.gate.exclusive():
+            held.set()
+            release.wait()
+
+    t = threading.Thread(target=other)
+    t.start()
+    held.wait()
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    t0 = time.perf_counter()
+    steps = list(engine.decode(lm, methods.create("autoregressive", lm), ids, max_new_tokens=4,
+                               should_stop=stop.is_set))
+    assert steps == [] and time.perf_counter() - t0 < 5
+    assert list(sparse_decode(lm, methods.create("autoregressive", lm), ids, "streaming_llm", max_new_tokens=4,
+                              should_stop=stop.is_set)) == []
+    release.set()
+    t.join()
+    assert lm.gate.wait_reason(exclusive=True) == ""  # nothing left held
+    after = engine.decode(lm, methods.create("autoregressive", lm), ids, max_new_tokens=4)
+    assert sum(len(s.tokens) for s in after) == 4

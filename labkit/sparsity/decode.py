@@ -100,7 +100,13 @@ def decode(lm, method: engine.Method, prompt: list[int], sparsity: Any = "dense"
 def _events(lm, method, prompt, policy, record, measure, **kw) -> Iterator:
     shadow = DenseShadow(lm) if measure else None
     # the capture changes how the shared model computes: run alone
-    with hold(lm, exclusive=True), capture(lm, policy, record=record, method=method) as cap:
+    with hold(lm, exclusive=True, should_stop=kw.get("should_stop")) as held:
+        if held:
+            yield from _captured(lm, method, prompt, policy, record, shadow, **kw)
+
+
+def _captured(lm, method, prompt, policy, record, shadow, **kw) -> Iterator:
+    with capture(lm, policy, record=record, method=method) as cap:
         for step in engine.decode(lm, method, prompt, **kw):
             yield step
             yield cap.frame(step, _dense_logits(shadow, cap, method, step))
