@@ -86,3 +86,26 @@ def chi2_pvalue(samples, p: torch.Tensor) -> float:
     assert not any(c and e <= 1e-9 for c, e in zip(counts, expected)), \
         "sampled a token the distribution gives zero probability"
     return chi_square(counts, [e if e > 1e-9 else 0.0 for e in expected])[1]
+
+
+def hold_in_another_thread(gate, exclusive: bool = True):
+    """For tests of a shared model: another thread takes `gate` (shared or exclusive) and keeps it until the
+    returned function is called (it releases and joins). Returns once the other thread holds it."""
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def other():
+        with gate.exclusive() if exclusive else gate.shared():
+            held.set()
+            release.wait()
+
+    t = threading.Thread(target=other)
+    t.start()
+    held.wait()
+
+    def done() -> None:
+        release.set()
+        t.join()
+
+    return done

@@ -11,6 +11,7 @@ from labkit.app import (
 )
 from labkit import methods
 from labkit.session import Session
+from labkit.testing import hold_in_another_thread
 from labkit.trace import load_trace
 
 PROMPT = "w1 w2 w3 w1 w2 w3 w1"
@@ -585,17 +586,7 @@ def test_live_says_it_waits_while_another_run_has_the_model_alone(app):
     """A run that must wait for the model (another visitor's sparsity capture holds it alone) says so first."""
     v = Visitor()
     list(app.live(v, "tiny-llama", "autoregressive", PROMPT, 2, chat=False))  # loads the model
-    lm = v.session(app.pool, "tiny-llama").lm
-    held, release = threading.Event(), threading.Event()
-
-    def other_visitor():
-        with lm.gate.exclusive():
-            held.set()
-            release.wait()
-
-    t = threading.Thread(target=other_visitor)
-    t.start()
-    held.wait()
+    release = hold_in_another_thread(v.session(app.pool, "tiny-llama").lm.gate)  # another visitor's capture
     ups = app.live(v, "tiny-llama", "autoregressive", PROMPT, 4, chat=False)
     first = next(ups)
     assert first.status.startswith("waiting for the model: another run is changing how the model computes")
@@ -604,7 +595,6 @@ def test_live_says_it_waits_while_another_run_has_the_model_alone(app):
     assert stopped[-1].done and stopped[-1].status.startswith("stopped") and stopped[-1].steps == 0
     ups = app.live(v, "tiny-llama", "autoregressive", PROMPT, 4, chat=False)
     assert next(ups).status.startswith("waiting for the model")
-    release.set()
+    release()
     rest = list(ups)
-    t.join()
     assert rest[-1].done and rest[-1].steps > 0 and not rest[-1].error

@@ -5,6 +5,7 @@ import time
 from labkit import engine, methods
 from labkit.check import greedy_reference
 from labkit.gate import ModelGate
+from labkit.testing import hold_in_another_thread
 
 
 def test_exclusive_waits_for_other_threads_and_blocks_new_readers():
@@ -34,25 +35,12 @@ def test_exclusive_waits_for_other_threads_and_blocks_new_readers():
 def test_wait_reason_says_why_a_hold_would_wait():
     gate = ModelGate()
     assert gate.wait_reason() == "" and gate.wait_reason(exclusive=True) == ""
-    held, release = threading.Event(), threading.Event()
-
-    def hold(exclusive):
-        with (gate.exclusive() if exclusive else gate.shared()):
-            held.set()
-            release.wait()
-
-    for exclusive in (False, True):
-        held.clear()
-        release.clear()
-        t = threading.Thread(target=hold, args=(exclusive,))
-        t.start()
-        held.wait()
-        if exclusive:  # another thread runs alone: every hold waits
-            assert "another run is changing how the model computes" in gate.wait_reason()
-        else:  # another thread reads: only a hold that must run alone waits
-            assert gate.wait_reason() == "" and "runs alone" in gate.wait_reason(exclusive=True)
-        release.set()
-        t.join()
+    release = hold_in_another_thread(gate, exclusive=False)  # another thread reads: only running alone waits
+    assert gate.wait_reason() == "" and "runs alone" in gate.wait_reason(exclusive=True)
+    release()
+    release = hold_in_another_thread(gate)  # another thread runs alone: every hold waits
+    assert "another run is changing how the model computes" in gate.wait_reason()
+    release()
     assert gate.wait_reason(exclusive=True) == ""
 
 
@@ -88,16 +76,7 @@ def test_stop_ends_a_wait_for_the_model(tiny):
 
     lm = tiny("llama")
     ids = [3, 8, 5, 1, 9, 4]
-    held, release = threading.Event(), threading.Event()
-
-    def other():
-        with lm.gate.exclusive():
-            held.set()
-            release.wait()
-
-    t = threading.Thread(target=other)
-    t.start()
-    held.wait()
+    release = hold_in_another_thread(lm.gate)
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
     t0 = time.perf_counter()
@@ -106,8 +85,7 @@ def test_stop_ends_a_wait_for_the_model(tiny):
     assert steps == [] and time.perf_counter() - t0 < 5
     assert list(sparse_decode(lm, methods.create("autoregressive", lm), ids, "streaming_llm", max_new_tokens=4,
                               should_stop=stop.is_set)) == []
-    release.set()
-    t.join()
+    release()
     assert lm.gate.wait_reason(exclusive=True) == ""  # nothing left held
     after = engine.decode(lm, methods.create("autoregressive", lm), ids, max_new_tokens=4)
     assert sum(len(s.tokens) for s in after) == 4
