@@ -533,12 +533,30 @@ def test_sparsity_streams_frames_and_fidelity(app):
     (dict(prompt=""), "the prompt is empty"),
     (dict(method="nope"), "unknown method"),
     (dict(model="gpt2"), "allow-list"),
+    (dict(policy="razor_attention", params={"compensation": "half"}), "must be one of mean, count, off"),
+    (dict(params={"per_head": True}), "per_head"),  # a setting of another policy
 ])
 def test_sparsity_validation(app, kw, msg):
     args = dict(model="tiny-llama", policy="h2o", budget=16, prompt=PROMPT, max_new_tokens=8, chat=False)
     args.update(kw)
     ups = list(app.sparsity(Visitor(), **args))
     assert len(ups) == 1 and msg in ups[0].error, ups[0].error
+
+
+def test_sparsity_takes_the_policys_settings(app):
+    """The Sparsity tab's policy form: every policy's settings but the budget (the tab's slider), and a run with
+    RazorAttention's counted compensation records it."""
+    from labkit.app import policy_param_layout
+
+    layout = policy_param_layout()
+    assert ("razor_attention", "compensation") in [(m, p["name"]) for m, p in layout]
+    assert not any(p["name"] == "budget" for _, p in layout)
+    v = Visitor()
+    ups = list(app.sparsity(v, "tiny-llama", "razor_attention", 8, PROMPT, 6, chat=False,
+                            params={"compensation": "count", "sinks": 2}))
+    assert ups[-1].done and not ups[-1].error, ups[-1].error
+    desc = v.runs[v.selected].config["sparsity"]
+    assert "compensation=count" in desc and "sinks=2" in desc and "budget=8" in desc
 
 
 def test_sparsity_rejects_custom_loop_methods(app):

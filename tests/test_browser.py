@@ -233,6 +233,36 @@ def test_compare_side_by_side(page):
     page.screenshot(path=str(SHOTS / "03_compare.png"), full_page=True)
 
 
+def test_sparsity_with_a_policy_setting(page):
+    """The Sparsity tab: pick RazorAttention, set its compensation in the policy form, run; the frames draw and
+    the run records the setting."""
+    _tab(page, "Sparsity")
+    box = page.locator("#lk-sparsity-policy input")
+    box.click()
+    box.fill("razor_attention")
+    page.wait_for_timeout(500)
+    box.press("ArrowDown")
+    box.press("Enter")
+    page.get_by_text("Policy parameters").click()
+    comp = page.locator("#lk-sparsity-param-razor_attention-compensation input")
+    comp.wait_for(state="visible", timeout=10_000)
+    assert not page.locator("#lk-sparsity-param-h2o-recent_ratio").is_visible()  # only the picked policy's form
+    comp.click()
+    comp.fill("count")
+    page.wait_for_timeout(300)
+    comp.press("ArrowDown")
+    comp.press("Enter")
+    page.fill("#lk-sparsity-prompt textarea", "Explain in a few sentences why the sky is blue.")
+    _set_slider(page, "#lk-sparsity-max-new", 12)
+    _set_slider(page, "#lk-sparsity-budget", 16)
+    page.click("#lk-sparsity-run")
+    status = _wait_text(page, "#lk-sparsity-status", r"^(finished|stopped|ended|⚠)", timeout=150)
+    assert status.startswith("finished"), status
+    assert "compensation=count" in status or "compensation=count" in _text(page, "#lk-sparsity-metrics"), status
+    page.wait_for_selector("#lk-sparsity-heat .js-plotly-plot", timeout=30_000)
+    page.screenshot(path=str(SHOTS / "05_sparsity.png"), full_page=True)
+
+
 def test_trace_explorer_and_bad_upload(page, tmp_path):
     _tab(page, "Trace explorer")
     _wait_text(page, "#lk-trace-msg", r"steps", timeout=30)

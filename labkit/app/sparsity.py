@@ -30,15 +30,16 @@ class SparsityTab:
         return out
 
     def sparsity(self, visitor: Visitor, model, policy, budget, prompt, max_new_tokens, method=BASELINE,
-                 chat=True) -> Iterator[SparsityUpdate]:
-        """Decode under a KV-selection policy: the text, the latest frame's layer x position heatmap, the cache
-        residency timeline and fidelity vs dense (recall, KL, top-1 agreement), redrawn at most every
-        `plot_interval` / `stats_interval` seconds."""
+                 chat=True, params=None) -> Iterator[SparsityUpdate]:
+        """Decode under a KV-selection policy (`params`: the policy's other settings, e.g. RazorAttention's
+        compensation): the text, the latest frame's layer x position heatmap, the cache residency timeline and
+        fidelity vs dense (recall, KL, top-1 agreement), redrawn at most every `plot_interval` / `stats_interval`
+        seconds."""
         return self._exclusive(visitor, SparsityUpdate, lambda stop: self._sparsity(visitor, stop, model, policy,
                                                                                     budget, prompt, max_new_tokens,
-                                                                                    method, chat))
+                                                                                    method, chat, params))
 
-    def _sparsity(self, visitor, stop, model, policy, budget, prompt, max_new_tokens, method, chat):
+    def _sparsity(self, visitor, stop, model, policy, budget, prompt, max_new_tokens, method, chat, params):
         cfg = self.config
         try:
             self.pool.check(model)
@@ -46,10 +47,10 @@ class SparsityTab:
             if not name:
                 raise ParamError("pick a KV policy")
             info = sparsity.info(name)  # unknown policy -> ParamError listing the registry
-            params = {}
+            params = dict(params or {})  # unknown or bad settings -> ParamError from sparsity.create below
             if any(p["name"] == "budget" for p in info["params"]):
                 params["budget"] = parse_int("KV budget", budget, 1, None)
-            sparsity.create(name, params)  # bad budget for this policy -> ParamError
+            sparsity.create(name, params)  # a bad budget or setting for this policy -> ParamError
             req = self.request(model, method or BASELINE, prompt, max_new_tokens, "greedy", None, None, None, 0,
                                None, chat)
             if methods.get(req.method).custom_loop:

@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 from labkit.app import (  # noqa: E402
     App, AppConfig, BASELINE, BENCH_HEADERS, bench_table, collect_params, COMPARE_COLUMNS, DECISION_HEADERS,
     ExplorerUpdate, MAX_COMPARE, method_card, method_label, method_names, methods, MODES, param_layout, ParamError,
+    policy_param_layout,
     UNCHANGED, Visitor,
 )
 from labkit.app.components import CheckboxGroup, Dropdown, Number, Radio, Slider, max_new_box  # noqa: E402
@@ -254,6 +255,8 @@ def build(app: App) -> gr.Blocks:
             # ---------------------------------------------------------------- Sparsity
             with gr.Tab("Sparsity", id="sparsity"):
                 policies = app.sparsity_policies()
+                policy_layout = policy_param_layout()
+                policy_keys = [(m, p["name"]) for m, p in policy_layout]
                 engine_methods = [x for x in labels if not methods.get(x[1]).custom_loop]
                 with gr.Row():
                     with gr.Column(scale=2, min_width=320):
@@ -262,11 +265,14 @@ def build(app: App) -> gr.Blocks:
                             s_run = gr.Button("Run", variant="primary", elem_id="lk-sparsity-run")
                             s_stop = gr.Button("Stop", variant="stop", elem_id="lk-sparsity-stop")
                         s_model = Dropdown(models_choices, value=cfg.default_model, label="Model (allow-list)")
-                        s_policy = Dropdown(policies, value=policies[min(1, len(policies) - 1)][1], label="KV policy",
+                        default_policy = policies[min(1, len(policies) - 1)][1]
+                        s_policy = Dropdown(policies, value=default_policy, label="KV policy",
                                             elem_id="lk-sparsity-policy")
                         s_budget = Slider(4, 1024, value=48, step=4, label="KV budget (committed entries read)",
                                              info="per layer or KV head, depending on the policy; dense ignores it",
                                              elem_id="lk-sparsity-budget")
+                        with gr.Accordion("Policy parameters", open=False):
+                            s_params, s_groups = _param_forms("sparsity", policy_layout, {default_policy})
                         s_method = Dropdown(engine_methods, value=BASELINE, label="Decoding method")
                         s_max_new = max_new_box(min(48, cfg.max_new_tokens), cfg.max_new_tokens, "lk-sparsity-max-new")
                         s_chat = gr.Checkbox(value=True, label="chat template")
@@ -405,15 +411,19 @@ def build(app: App) -> gr.Blocks:
         x_upload.upload(upload_fn, [state, x_upload], explorer_outputs + [x_upload], api_name="upload_trace", **light)
 
         # -- Sparsity
-        def sparsity_fn(visitor, model, policy, budget, prompt, max_new, method, chat):
-            for u in app.sparsity(visitor, model, policy, budget, prompt, max_new, method, chat):
+        s_policy.change(lambda name: [gr.update(visible=m == name) for m in s_groups], s_policy,
+                        list(s_groups.values()), queue=False, show_progress="hidden", api_visibility="private")
+
+        def sparsity_fn(visitor, model, policy, budget, prompt, max_new, method, chat, *pvals):
+            params = collect_params(pvals, policy_keys).get(policy, {})
+            for u in app.sparsity(visitor, model, policy, budget, prompt, max_new, method, chat, params):
                 if u.error:
                     gr.Warning(u.error)
                 yield (visitor, _status(u), _v(u.metrics), _v(u.html), _v(u.heatmap), _v(u.timeline),
                        _v(u.fidelity))
 
         s_ev = s_run.click(arm, state, [state, s_status], queue=False, show_progress="hidden", api_visibility="private").then(
-            sparsity_fn, [state, s_model, s_policy, s_budget, s_prompt, s_max_new, s_method, s_chat],
+            sparsity_fn, [state, s_model, s_policy, s_budget, s_prompt, s_max_new, s_method, s_chat, *s_params],
             [state, s_status, s_metrics, s_stream, s_heat, s_timeline, s_fid], api_name="sparsity",
             show_progress_on=[s_status], **heavy)
         s_ev.then(explorer_fn, state, explorer_outputs, api_visibility="private", **light)

@@ -146,3 +146,12 @@ def collect_params(values: Sequence[Any], layout: Sequence[tuple[str, str]]) -> 
 def param_layout() -> list[tuple[str, dict]]:
     """(method, param description) for every parameter of every registered method, in registry order."""
     return [(name, p) for name in methods.REGISTRY for p in describe(methods.REGISTRY[name].Params)]
+
+
+def policy_param_layout() -> list[tuple[str, dict]]:
+    """(policy, param description) for every parameter of every registered KV policy but its budget (the
+    Sparsity tab's own slider), in registry order."""
+    from ..sparsity import policies
+
+    return [(name, p) for name, cls in policies.REGISTRY.items() for p in describe(cls.Params)
+            if p["name"] != "budget"]
