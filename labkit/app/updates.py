@@ -56,9 +56,9 @@ def metrics_md(steps: list[Step]) -> str:
 
 def speed_md(steps: list[Step], lm: LM) -> str:
     """The run against plain decoding on this machine: what its decode rounds measured (their tokens/s times the
-    curve's one-token step), and what the latency curve predicts for its rounds: with the draft's measured time
-    when drafting took a real share of the rounds (a self-drafting method pays for its own forward passes), else
-    for the verify passes alone. "" when no curve is at hand."""
+    curve's one-token step), and what the latency curve predicts for its rounds: charging the drafting at its
+    measured cost relative to the verify passes when it took a real share of the rounds (a self-drafting method
+    pays for its own forward passes), else for the verify passes alone. "" when no curve is at hand."""
     from .. import latency
 
     try:
