@@ -92,10 +92,9 @@ class SparseSelfSpec(Method):
 
     @classmethod
     def supports(cls, lm) -> str | None:
-        attn = [m for m in lm.model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
-        if len(attn) != int(lm.config.num_hidden_layers):
-            return f"the sparsity capture does not support {type(lm.model).__name__}"
-        return None
+        from ..sparsity.instrument import unsupported
+
+        return unsupported(lm)
 
     @torch.inference_mode()
     def _forward(self, ids: list[int], pos: int) -> torch.Tensor:

@@ -102,6 +102,22 @@ class _Forward:
     rows: list[int] | None = None  # its committed query rows, once known
 
 
+def attention_modules(model) -> list:
+    """The model's attention modules the capture hooks (those with a layer index and grouped KV heads)."""
+    return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
+
+
+def unsupported(lm, attn: list | None = None) -> str | None:
+    """Why the capture cannot instrument this model, in one line (None: it can): it needs one attention module
+    per decoder layer. `attn`: the model's `attention_modules`, when already found."""
+    n = len(attention_modules(lm.model) if attn is None else attn)
+    layers = int(lm.config.num_hidden_layers)
+    if n != layers:
+        return (f"found {n} attention modules for {layers} layers: {type(lm.model).__name__} is not supported by "
+                "the sparsity capture")
+    return None
+
+
 def _as_selection(sel) -> Selection | None:
     if sel is None or isinstance(sel, Selection):
         return sel
@@ -135,10 +151,10 @@ class Capture:
     def __enter__(self) -> "Capture":
         self.policy.start(self.lm)
         _register()
-        attn = [m for m in self.model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
-        if len(attn) != self.n_layers:
-            raise ValueError(f"found {len(attn)} attention modules for {self.n_layers} layers: "
-                             f"{type(self.model).__name__} is not supported by the sparsity capture")
+        attn = attention_modules(self.model)
+        reason = unsupported(self.lm, attn)
+        if reason:
+            raise ValueError(reason)
         self._prev_impl = self.model.config._attn_implementation
         try:
             for m in attn:
