@@ -119,6 +119,15 @@ def token_recycling_state(step: Step, token_text: Callable[[int], str] | None = 
 
 register_state_view("token_recycling", token_recycling_state)
 
+_MARK = {ACCEPTED: "✓", REJECTED: "✗", NOT_REACHED: "·"}
+
+
+def _node_labels(step: Step, label: Callable[[int], str]) -> list[str]:
+    """One axis label per drafted node: its index, what the target did (✓ accepted, ✗ rejected, · not reached)
+    and its token."""
+    return [f"{i} {_MARK.get(nd.status, '')} {_esc(show_token(label(nd.token)))}" for i, nd in enumerate(step.nodes)]
+
+
 def _drafted_status(step: Step) -> dict[tuple[int, int], str]:
     """(parent token, token) -> what the target did with a drafted node there (accepted wins over others)."""
     out: dict[tuple[int, int], str] = {}
@@ -167,8 +176,7 @@ def aded_state(step: Step, token_text: Callable[[int], str] | None = None) -> go
                              textfont=dict(size=10), hovertext=hover, hoverinfo="text", zmin=-0.5,
                              zmax=len(colors) - 0.5, colorscale=_category_scale(colors), showscale=False,
                              xgap=2, ygap=2, name="rows read"), row=1, col=1)
-    mark = {ACCEPTED: "✓", REJECTED: "✗", NOT_REACHED: "·"}
-    xs = [f"{i} {mark.get(nd.status, '')} {_esc(show_token(label(nd.token)))}" for i, nd in enumerate(step.nodes)]
+    xs = _node_labels(step, label)
     reference = st.get("mode") == "reference"  # the reference's MCTS: Q = mean rollout value, N = visits
     terms = ((("p", "#9ecae1", "P: table probability"), ("q", "#2ca02c", "Q: mean rollout value"),
               ("u", "#ff7f0e", "N: visits")) if reference else
@@ -290,9 +298,7 @@ def suffix_state(step: Step, token_text: Callable[[int], str] | None = None) -> 
     """SuffixDecoding: where the draft came from (this request's text or earlier outputs), how long the matched
     suffix was, and each drafted node's path probability in the suffix trie, coloured by what the target did."""
     st = step.state or {}
-    label = _token_labeler(step, token_text)
-    mark = {ACCEPTED: "✓", REJECTED: "✗", NOT_REACHED: "·"}
-    xs = [f"{i} {mark.get(nd.status, '')} {_esc(show_token(label(nd.token)))}" for i, nd in enumerate(step.nodes)]
+    xs = _node_labels(step, _token_labeler(step, token_text))
     probs = list(st.get("probs", []) or [])[:len(xs)]
     colors = [STATUS_COLORS.get(nd.status, "#cccccc") for nd in step.nodes[:len(probs)]]
     fig = go.Figure(go.Bar(x=xs[:len(probs)], y=probs, marker_color=colors, name="path probability",
