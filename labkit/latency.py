@@ -94,8 +94,6 @@ def curve_key(lm) -> str:
     return f"{safe}-{str(lm.dtype).replace('torch.', '')}-{dev.type}-{backend}-{digest}"
 
 
-
-
 def cpu_clock(device: torch.device):
     """`time.process_time` when the model runs on the CPU with ONE torch thread: then the process's CPU time is
     the forward's own cost, unaffected by other jobs taking turns on the cores (wall time is not). None
@@ -225,12 +223,23 @@ def draft_share(steps) -> float:
 DRAFT_SHARE_SHOWN = 0.05  # below this share of the decode time, drafting is a lookup and the verify passes are the cost
 
 
-def expected_text(steps, curve: LatencyCurve | None) -> str | None:
-    """The curve's prediction for a run in a few words: "×1.09" when drafting is cheap, else "×0.61 with its
-    drafting (×1.09 if free)". None without a curve or decode rounds."""
+def predicted(steps, curve: LatencyCurve | None) -> tuple[float, float | None] | None:
+    """The curve's prediction for a run, the one rule every view uses: (if drafting were free, with its drafting
+    charged), the second None when drafting took under DRAFT_SHARE_SHOWN of the decode time (a lookup: the
+    verify passes are the cost). None without a curve or decode rounds."""
     free = expected_speedup(steps, curve)
     if free is None:
         return None
     if draft_share(steps) < DRAFT_SHARE_SHOWN:
-        return f"×{free:.2f}"
-    return f"×{expected_speedup(steps, curve, with_draft=True):.2f} with its drafting (×{free:.2f} if free)"
+        return free, None
+    return free, expected_speedup(steps, curve, with_draft=True)
+
+
+def expected_text(steps, curve: LatencyCurve | None) -> str | None:
+    """The curve's prediction for a run in a few words: "×1.09" when drafting is cheap, else "×0.61 with its
+    drafting (×1.09 if free)". None without a curve or decode rounds."""
+    pred = predicted(steps, curve)
+    if pred is None:
+        return None
+    free, drafted = pred
+    return f"×{free:.2f}" if drafted is None else f"×{drafted:.2f} with its drafting (×{free:.2f} if free)"

@@ -66,21 +66,20 @@ def speed_md(steps: list[Step], lm: LM) -> str:
     except Exception:  # noqa: BLE001  (an optional figure: a failure leaves it out, with the traceback in the log)
         log.exception("latency curve")
         return ""
-    free = latency.expected_speedup(steps, curve)
+    pred = latency.predicted(steps, curve)
     decode = [s for s in steps if s.kind == "decode"]
     seconds = sum(s.timing.total for s in decode)
-    if free is None or seconds <= 0:
+    if pred is None or seconds <= 0:
         return ""
+    free, drafted = pred
     measured = sum(len(s.tokens) for s in decode) / seconds * curve.t(0)
     head = (f"\n\nvs plain decoding on this machine: measured **×{measured:.2f}** (the decode rounds' tokens/s × "
             f"the curve's one-token step, {curve.t(0) * 1e3:.0f} ms)")
-    share = latency.draft_share(steps)
-    if share < latency.DRAFT_SHARE_SHOWN:  # drafting is a lookup: the verify passes are the cost
+    if drafted is None:  # drafting is a lookup: the verify passes are the cost
         return head + f"; expected **×{free:.2f}** (its latency curve)"
-    drafted = latency.expected_speedup(steps, curve, with_draft=True)
     forwards = sum(s.draft_forwards for s in decode)
     return (head + f"; expected **×{drafted:.2f}** (its latency curve plus its drafting, which took "
-            f"{share:.0%} of the decode time" + (f" in {forwards} draft forwards" if forwards else "")
+            f"{latency.draft_share(steps):.0%} of the decode time" + (f" in {forwards} draft forwards" if forwards else "")
             + f"; ×{free:.2f} if drafting were free)")
 
 
