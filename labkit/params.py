@@ -125,3 +125,10 @@ def parse_assignments(items: Sequence[str]) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'name:param=value:...' (a method or a KV policy with settings, as `labkit bench --methods` and
+    `--sparsity` write it) -> (name, params)."""
+    parts = [p.strip() for p in spec.strip().split(":")]
+    return parts[0], parse_assignments([p for p in parts[1:] if p])

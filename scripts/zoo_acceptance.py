@@ -27,8 +27,7 @@ def main(specs: list[str]) -> None:
     lab = Session()
 
     def run_all(spec: str) -> list:
-        name, params = methods.split_spec(spec)
-        m = methods.create(name, lab.lm, params)  # one instance across the prompts
+        m = methods.create(spec, lab.lm)  # one instance across the prompts
         return [lab.run(m, p, max_new_tokens=64) for p in PROMPTS.values()]
 
     lab.run("autoregressive", "Hello", max_new_tokens=8)  # warm-up

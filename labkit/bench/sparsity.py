@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import engine, methods
 from .questions import CATEGORIES, load_questions, select
-from ..params import ParamError, parse_assignments
+from ..params import ParamError, parse_assignments, split_spec
 from ..sparsity import policies
 from ..sparsity.instrument import LayerHeadSelection
 from ..sparsity.decode import Options, run
@@ -106,7 +106,7 @@ def _policy_configs(specs: list[str], budgets: list[int], extra: dict) -> list[t
     every policy that has the parameter, a spec's own settings win."""
     out = []
     for spec in specs:
-        name, own = methods.split_spec(spec)
+        name, own = split_spec(spec)
         cls = policies.get(name)
         if name == "dense":
             continue

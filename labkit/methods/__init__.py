@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine import Method
-from ..params import ParamError, build, describe, parse_assignments
+from ..params import ParamError, build, describe, split_spec
 from .autoregressive import Autoregressive
 from .draft_model import DraftModel
 from .prompt_lookup import PromptLookup
@@ -42,12 +42,6 @@ _METHODS += [Aded, Lookahead, CopySpec, Swift, EarlyExit]  # training-free draft
 _METHODS += [SuffixDecoding, SparseSelfSpec]  # the two that join the lab's halves (issue 14)
 
 REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in _METHODS}
-
-
-def split_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'name:param=value:...' (a method with parameters, as `labkit bench --methods` writes it) -> (name, params)."""
-    parts = [p.strip() for p in spec.strip().split(":")]
-    return parts[0], parse_assignments([p for p in parts[1:] if p])
 
 
 def get(name: str) -> type[Method]:
