@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import threading
+import types
 import typing
 import uuid
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ def _convert(tp: Any, value: Any) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v) for v in value)
         return tuple(_convert(a, v) for a, v in zip(args, value))
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return _convert(args[0], value)
@@ -297,7 +298,7 @@ def _schema_of(tp: Any, defs: dict) -> dict:
         if len(args) == 2 and args[1] is Ellipsis:
             return {"type": "array", "items": _schema_of(args[0], defs)}
         return {"type": "array", "prefixItems": [_schema_of(a, defs) for a in args], "items": False}
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return {"anyOf": [_schema_of(a, defs) for a in args]}
     simple = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object",
               type(None): "null"}

@@ -35,15 +35,16 @@ from .live import LiveTab
 from .sparsity import SparsityTab, sparsity_md
 from .updates import (CLEARED_LIVE, DECISION_HEADERS, FIGURES, BenchUpdate, Column, CompareUpdate, ExplorerUpdate,
                       Figures, LiveUpdate, SparsityUpdate, StepView, Throttle, metrics_md, speed_md, stream_html)
-from .validate import (Request, collect_params, method_card, method_label, method_names, param_layout, policy_param_layout, parse_float,
-                       parse_int, parse_params, parse_prompt, parse_sampling)
+from .validate import (Request, collect_params, method_card, method_label, method_names, param_layout, parse_float,
+                       parse_int, parse_params, parse_prompt, parse_sampling, policy_param_layout)
 from .visitor import RunRecord, Visitor
 
 __all__ = ["App", "AppConfig", "ModelPool", "Visitor", "RunRecord", "Request", "Figures", "FIGURES", "Throttle",
            "LiveUpdate", "Column", "CompareUpdate", "StepView", "ExplorerUpdate", "BenchUpdate", "SparsityUpdate",
            "UNCHANGED", "USER_ERRORS", "BASELINE", "MODES", "MAX_COMPARE", "COMPARE_COLUMNS", "CLEARED_LIVE",
            "DECISION_HEADERS", "BENCH_HEADERS", "compare_verdict", "bench_rows", "bench_table", "sparsity_md",
-           "parse_upload", "stream_html", "metrics_md", "speed_md", "collect_params", "param_layout", "policy_param_layout", "method_card",
+           "parse_upload", "stream_html", "metrics_md", "speed_md", "collect_params", "param_layout",
+           "policy_param_layout", "method_card",
            "method_label", "method_names", "parse_int", "parse_float", "parse_prompt", "parse_sampling",
            "parse_params", "methods", "ParamError", "Step", "log"]
 

@@ -195,8 +195,6 @@ class Aded(Method):
         return Proposal(tokens=tokens, parents=parents,
                         state={"rows": rows_read, "branches": branches, "simulations": sims})
 
-    # ---- learning -----------------------------------------------------------------------------------
-
     # ---- reference mode ---------------------------------------------------------------------------
 
     def _bump(self, toks: list[int], first: int) -> None:
@@ -280,6 +278,8 @@ class Aded(Method):
         return Proposal(tokens=tokens, parents=parents,
                         state={"rows": rows_read, "branches": branches, "simulations": p.iterations,
                                "mode": "reference"})
+
+    # ---- learning -----------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def observe(self, v: Verified) -> dict:
