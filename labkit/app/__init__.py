@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import engine, methods
+from ..gate import wait_reason
 from ..models import LM
 from ..params import ParamError
 from ..trace import Step
@@ -76,6 +77,12 @@ class App(LiveTab, CompareTab, ExplorerTab, BenchTab, SparsityTab):
         if self.pool.loaded(model):
             return None
         return f"loading model {model} (first use in this server; later runs start at once)…"
+
+    @staticmethod
+    def _waiting_status(lm: LM, exclusive: bool) -> str | None:
+        """The status while a run waits for another visitor's run to release the shared model (labkit.gate)."""
+        reason = wait_reason(lm, exclusive)
+        return f"waiting for the model: {reason}" if reason else None
 
     def _supports(self, name: str, lm: LM) -> None:
         engine.check_supported(methods.get(name), lm)

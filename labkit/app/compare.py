@@ -6,7 +6,6 @@ from typing import Iterator
 from .. import backends, methods, views
 from ..metrics import MAL_NOTE, compute as compute_metrics
 from ..models import LM
-from ..gate import wait_reason
 from .config import BASELINE, COMPARE_COLUMNS, MAX_COMPARE, USER_ERRORS, log
 from .updates import Column, CompareUpdate, FIGURES, Throttle, _finish_reason, _short, _user_message, metrics_md, stream_html
 from .visitor import Visitor
@@ -51,9 +50,9 @@ class CompareTab:
                 lanes.append({"name": r.method, "gen": started.steps, "steps": [], "cfg": started.config,
                               "ids": started.ids, "error": "", "done": False,
                               "exclusive": started.method.exclusive_model})
-            waiting = wait_reason(session.lm, any(lane["exclusive"] for lane in lanes))
+            waiting = self._waiting_status(session.lm, any(lane["exclusive"] for lane in lanes))
             if waiting:
-                yield CompareUpdate(status=f"waiting for the model: {waiting}")
+                yield CompareUpdate(status=waiting)
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("compare: unexpected error")
@@ -186,7 +185,8 @@ def compare_verdict(lm: LM, lanes: list[dict], sampling, stopped: bool) -> str:
                 f"t(the round's tree) from this machine's latency curve (t(8) = {curve.t(7) / curve.t(0):.2f} x "
                 f"t(1)), i.e. the speedup if drafting and bookkeeping cost nothing; where drafting took a real "
                 f"share of the rounds (a draft model, or the target's own layers), the prediction also charges it, "
-                f"at its measured cost relative to the same rounds' verify passes. Measured speedups on a shared CPU vary by 10-20% from run to run._")
+                f"at its measured cost relative to the same rounds' verify passes. Measured speedups on a shared "
+                f"CPU vary by 10-20% from run to run._")
     if notes:
         out += "\n\n**First divergence** (losslessness explainer):\n" + "\n".join(notes)
     if not sampling.greedy:

@@ -5,7 +5,6 @@ from typing import Any, Iterator
 
 from .. import views
 from ..trace import Step
-from ..gate import wait_reason
 from .config import USER_ERRORS, log
 from .updates import CLEARED_LIVE, FIGURES, LiveUpdate, Throttle, _finish_reason, _short, _user_message, metrics_md, speed_md, stream_html
 from .validate import parse_int
@@ -40,9 +39,9 @@ class LiveTab:
             started = session.start(req.method, req.prompt, max_new_tokens=req.max_new_tokens, sampling=req.sampling,
                                     chat=req.chat, params=req.params, should_stop=stop.is_set)
             gen, run_cfg = started.steps, started.config
-            waiting = wait_reason(session.lm, started.method.exclusive_model)
+            waiting = self._waiting_status(session.lm, started.method.exclusive_model)
             if waiting:
-                yield LiveUpdate(status=f"waiting for the model: {waiting}")
+                yield LiveUpdate(status=waiting)
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("live: unexpected error")

@@ -8,7 +8,6 @@ from ..metrics import compute as compute_metrics
 from ..params import ParamError
 from ..sparsity import views as sparsity_views
 from ..trace import Step
-from ..gate import wait_reason
 from .config import BASELINE, USER_ERRORS, log
 from .updates import FIGURES, SparsityUpdate, Throttle, _finish_reason, _short, _user_message, stream_html
 from .validate import parse_int
@@ -63,9 +62,9 @@ class SparsityTab:
                                     sampling=req.sampling, chat=req.chat, should_stop=stop.is_set,
                                     sparsity=sparsity.Options(policy=name, params=params))
             gen, run_cfg = started.steps, started.config
-            waiting = wait_reason(session.lm, exclusive=True)  # the capture changes how the model computes
+            waiting = self._waiting_status(session.lm, True)  # the capture changes how the model computes
             if waiting:
-                yield SparsityUpdate(status=f"waiting for the model: {waiting}")
+                yield SparsityUpdate(status=waiting)
         except Exception as e:  # noqa: BLE001
             if not isinstance(e, USER_ERRORS):
                 log.exception("sparsity: unexpected error")
