@@ -259,6 +259,12 @@ def test_sparsity_with_a_policy_setting(page):
     assert "compensation=count" in status or "compensation=count" in _text(page, "#lk-sparsity-metrics"), status
     page.wait_for_selector("#lk-sparsity-heat .js-plotly-plot", timeout=30_000)
     page.screenshot(path=str(SHOTS / "06_sparsity.png"), full_page=True)
+    # the run lands in the trace explorer (the event's last step): wait for it, so later tests see it there
+    _tab(page, "Trace explorer")
+    deadline = time.time() + 30
+    while "sparsity" not in page.locator("#lk-trace-run input").input_value() and time.time() < deadline:
+        time.sleep(0.2)
+    assert "sparsity: razor_attention" in page.locator("#lk-trace-run input").input_value()
 
 
 def test_trace_explorer_and_bad_upload(page, tmp_path):
